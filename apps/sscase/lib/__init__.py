@@ -1,0 +1,1 @@
+"""The sscase MONAI Label app's task wiring: configs, infers, trainers, active learning and scoring."""

@@ -1,0 +1,1 @@
+"""sscase MONAI Label app: trainers."""

@@ -1,0 +1,97 @@
+"""The sscase MONAI Label app: SS_CASE_UNet segmentation of 2-D ultrasound for 3D Slicer.
+
+Start it with ``sscase-monai serve`` (or ``monailabel start_server --app apps/sscase --studies DIR``). Every model
+config in ``lib/configs`` is discovered and wired here; the algorithms live in the ``sscase_monai`` library.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+
+import lib.configs
+from monailabel.config import settings
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.config import TaskConfig
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+from monailabel.utils.others.class_utils import get_class_names
+
+import sscase_monai
+from sscase_monai.cli.serve import DATASTORE_FILE_EXTENSIONS
+
+logger = logging.getLogger(__name__)
+
+
+class SSCASEApp(MONAILabelApp):
+    """MONAI Label app serving SS_CASE_UNet models configured in ``lib/configs``."""
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
+        if "MONAI_LABEL_DATASTORE_FILE_EXT" not in os.environ:
+            # started with plain `monailabel start_server`: list the image types this app reads
+            settings.MONAI_LABEL_DATASTORE_FILE_EXT = list(DATASTORE_FILE_EXTENSIONS)
+        if "MONAI_LABEL_TRACKING_ENABLED" not in os.environ:
+            settings.MONAI_LABEL_TRACKING_ENABLED = False
+
+        self.model_dir = os.path.realpath(conf.get("model_dir", os.path.join(app_dir, "model")))
+        os.makedirs(self.model_dir, exist_ok=True)
+        self.models: dict[str, TaskConfig] = {}
+        for class_name in sorted(get_class_names(lib.configs, "TaskConfig")):
+            name = class_name.split(".")[-2].lower()
+            module_name, _, attr = class_name.rpartition(".")
+            config: TaskConfig = getattr(importlib.import_module(module_name), attr)()
+            config.init(name, self.model_dir, conf, None)
+            self.models[name] = config
+            logger.info("+++ model config %s => %s", name, class_name)
+
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="sscase-monai: fetal cerebellum segmentation in 2-D ultrasound",
+            description="SS_CASE_UNet (semi-supervised attention U-Net) on MONAI, trained in three stages",
+            version=sscase_monai.__version__,
+        )
+        logger.info("studies: %s; models: %s; model folder: %s", studies, list(self.models), self.model_dir)
+
+    def init_datastore(self) -> Datastore:
+        logger.info("datastore %s with %s", self.studies, json.dumps(settings.MONAI_LABEL_DATASTORE_FILE_EXT))
+        return super().init_datastore()
+
+    def init_infers(self) -> dict[str, InferTask]:
+        infers: dict[str, InferTask] = {}
+        for name, config in self.models.items():
+            task = config.infer()
+            infers.update(task if isinstance(task, dict) else {name: task})
+        return infers
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        trainers: dict[str, TrainTask] = {}
+        for name, config in self.models.items():
+            task = config.trainer()
+            if task:
+                trainers[name] = task
+        return trainers
+
+    def init_strategies(self) -> dict[str, Strategy]:
+        strategies: dict[str, Strategy] = {"random": Random(), "first": First()}
+        for config in self.models.values():
+            task = config.strategy()
+            if task:
+                strategies.update(task)
+        return strategies
+
+    def init_scoring_methods(self) -> dict[str, ScoringMethod]:
+        methods: dict[str, ScoringMethod] = {}
+        for config in self.models.values():
+            task = config.scoring_method()
+            if task:
+                methods.update(task)
+        return methods
