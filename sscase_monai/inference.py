@@ -1,0 +1,180 @@
+"""Prediction with a trained SS_CASE_UNet: image file or array in, mask on the image's own grid out.
+
+One implementation serves the CLI (``sscase-monai predict|evaluate``), the trainer's pseudo-labelling and the MONAI
+Label app: the same preprocessing as training (``transforms.build_preprocess``), optional test-time augmentation,
+and restoration of the prediction to the original image size and geometry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import Compose
+
+from sscase_monai import io
+from sscase_monai.model_files import ModelSpec, load_model
+from sscase_monai.transforms import build_preprocess, resize_probabilities_to
+from sscase_monai.tta import DEFAULT_TTA, tta_predict
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """One image's prediction.
+
+    Attributes:
+        mask: ``(H, W)`` uint8 label values on the original image's grid (0 = background).
+        probabilities: ``(C, H, W)`` float32 class probabilities on the original grid (C = 1 for binary: foreground).
+        geometry: the original image's geometry (write the mask with ``io.write_mask(mask, geometry, path)``).
+        source: the file predicted, or ``"<array>"``.
+    """
+
+    mask: np.ndarray
+    probabilities: np.ndarray
+    geometry: io.ImageGeometry
+    source: str
+
+    def confidence(self, threshold: float = 0.95) -> float:
+        """Fraction of pixels predicted with probability >= ``threshold`` for their class (the method's measure)."""
+        p = self.probabilities
+        best = np.maximum(p[0], 1.0 - p[0]) if p.shape[0] == 1 else p.max(axis=0)
+        return float((best >= threshold).mean())
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/``"auto"`` -> CUDA when available, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def probabilities_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Sigmoid for one output channel, softmax over channels otherwise."""
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+def mask_from_probabilities(probabilities: np.ndarray | torch.Tensor, threshold: float = 0.5) -> np.ndarray:
+    """``(C, H, W)`` probabilities -> ``(H, W)`` uint8 class indices (``> threshold`` for binary, else argmax)."""
+    p = probabilities.detach().cpu().numpy() if isinstance(probabilities, torch.Tensor) else np.asarray(probabilities)
+    mask = p[0] > threshold if p.shape[0] == 1 else p.argmax(axis=0)
+    return mask.astype(np.uint8)
+
+
+class Predictor:
+    """A trained network with its preprocessing, ready to segment images.
+
+    Args:
+        network: the network (moved to ``device`` and put in eval mode here).
+        spec: its model settings (input size, channels, denoise, labels).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``None``/``"auto"``.
+        tta: average the method's five test-time views (identity, flips, rot90, rot270) by default.
+        amp: run the forward pass in bfloat16 autocast on CUDA.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        spec: ModelSpec,
+        device: str | torch.device | None = None,
+        tta: bool = False,
+        amp: bool = True,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.network = network.to(self.device).eval()
+        self.spec = spec
+        self.tta = tta
+        self.amp = amp and self.device.type == "cuda"
+        self.preprocess = Compose(
+            build_preprocess(
+                input_size=spec.input_size,
+                channels=spec.in_channels,
+                num_classes=spec.num_classes,
+                denoise=spec.denoise,
+                keys=("image",),
+            )
+        )
+
+    @classmethod
+    def from_file(
+        cls, path: str | os.PathLike, device: str | torch.device | None = None, tta: bool = False
+    ) -> Predictor:
+        """Load a saved model (``model.pt`` + ``model.json``)."""
+        device = resolve_device(device)
+        network, spec = load_model(path, device=device)
+        logger.info("loaded model %s (%s, input %d) on %s", path, spec.encoder, spec.input_size, device)
+        return cls(network, spec, device=device, tta=tta)
+
+    def load_image(self, image: str | os.PathLike | np.ndarray) -> tuple[torch.Tensor, io.ImageGeometry, str]:
+        """Preprocess one image: ``(C, S, S)`` network input, the original geometry and the source name."""
+        data = self.preprocess({"image": str(image) if isinstance(image, (str, os.PathLike)) else image})
+        tensor = data["image"]
+        meta = tensor.meta
+        return tensor.as_tensor(), io.ImageGeometry.from_dict(meta["geometry"]), str(meta["filename_or_obj"])
+
+    @torch.no_grad()
+    def predict_batch(self, images: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
+        """Probabilities ``(B, C, S, S)`` for preprocessed images ``(B, C, S, S)``."""
+        use_tta = self.tta if tta is None else tta
+        images = images.to(self.device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            if use_tta:
+                probabilities = tta_predict(self.network, images, transforms=DEFAULT_TTA)
+            else:
+                probabilities = probabilities_from_logits(self.network(images))
+        return probabilities.float()
+
+    def predict(self, image: str | os.PathLike | np.ndarray, tta: bool | None = None) -> Prediction:
+        """Segment one image file (or ``(H, W[, C])`` array) and restore the result to its grid."""
+        tensor, geometry, source = self.load_image(image)
+        probabilities = self.predict_batch(tensor[None], tta=tta)[0]
+        return self._restore(probabilities, geometry, source)
+
+    def predict_many(
+        self, images: Iterable[str | os.PathLike], batch_size: int = 8, tta: bool | None = None
+    ) -> Iterator[Prediction]:
+        """Segment files in batches, yielding predictions in input order."""
+        batch: list[tuple[torch.Tensor, io.ImageGeometry, str]] = []
+        for image in images:
+            batch.append(self.load_image(image))
+            if len(batch) == batch_size:
+                yield from self._predict_loaded(batch, tta)
+                batch = []
+        if batch:
+            yield from self._predict_loaded(batch, tta)
+
+    def _predict_loaded(
+        self, batch: Sequence[tuple[torch.Tensor, io.ImageGeometry, str]], tta: bool | None
+    ) -> Iterator[Prediction]:
+        probabilities = self.predict_batch(torch.stack([t for t, _, _ in batch]), tta=tta)
+        for p, (_, geometry, source) in zip(probabilities, batch, strict=True):
+            yield self._restore(p, geometry, source)
+
+    def _restore(self, probabilities: torch.Tensor, geometry: io.ImageGeometry, source: str) -> Prediction:
+        restored = resize_probabilities_to(probabilities.cpu(), geometry.shape_hw)
+        restored_np = np.asarray(restored, dtype=np.float32)
+        return Prediction(mask_from_probabilities(restored_np), restored_np, geometry, source)
+
+
+def prediction_path(image_path: str | os.PathLike, out_dir: str | os.PathLike, extension: str | None = None) -> Path:
+    """Where ``predict`` writes the mask of ``image_path``: same stem, the input's format (JPEG/DICOM -> PNG/NRRD)."""
+    ext = extension or io.image_extension(image_path)
+    ext = {".jpg": ".png", ".jpeg": ".png", ".dcm": ".nrrd", ".dicom": ".nrrd", ".nhdr": ".nrrd"}.get(ext, ext)
+    return Path(out_dir) / f"{io.image_stem(image_path)}{ext}"
+
+
+def describe(prediction: Prediction, spec: ModelSpec) -> dict[str, Any]:
+    """Per-label pixel counts and area (mm^2 where the geometry has a spacing) of a prediction."""
+    row_mm, col_mm = prediction.geometry.pixel_spacing_hw
+    out: dict[str, Any] = {}
+    for name, value in spec.labels.items():
+        pixels = int((prediction.mask == value).sum())
+        out[name] = {"pixels": pixels, "area_mm2": round(pixels * row_mm * col_mm, 3)}
+    return out
