@@ -121,7 +121,10 @@ def pair_images_with_labels(images_dir: str | os.PathLike, labels_dir: str | os.
     return [{"image": str(path), "label": str(labels[stem])} for stem, path in images.items()]
 
 
-def _check_pair(image_path: str, label_path: str, num_classes: int, max_pixels: int) -> list[str]:
+def check_labelled_pair(
+    image_path: str, label_path: str, num_classes: int = 2, max_pixels: int = io.DEFAULT_MAX_PIXELS
+) -> list[str]:
+    """Every problem of one image/label pair (empty when usable): see :func:`validate_labelled_pairs`."""
     problems: list[str] = []
     image_shape = label_shape = None
     try:
@@ -163,7 +166,7 @@ def validate_labelled_pairs(
     """
     problems: list[str] = []
     for pair in pairs:
-        problems += _check_pair(str(pair["image"]), str(pair["label"]), num_classes, max_pixels)
+        problems += check_labelled_pair(str(pair["image"]), str(pair["label"]), num_classes, max_pixels)
     if problems:
         raise DataValidationError(problems, len(pairs))
     logger.info("checked %d labelled image(s): all usable", len(pairs))

@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import Compose
+from monai.data import MetaTensor
+from monai.inferers import Inferer
+from monai.transforms import Compose, MapTransform
 
 from sscase_monai import io
 from sscase_monai.model_files import ModelSpec, load_model
 from sscase_monai.transforms import build_preprocess, resize_probabilities_to
-from sscase_monai.tta import DEFAULT_TTA, tta_predict
+from sscase_monai.tta import DEFAULT_TTA, tta_predict, tta_views
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,85 @@ def mask_from_probabilities(probabilities: np.ndarray | torch.Tensor, threshold:
     return mask.astype(np.uint8)
 
 
+def restore_prediction(
+    probabilities: torch.Tensor, geometry: io.ImageGeometry, threshold: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(C, S, S)`` network-size probabilities -> (``(H, W)`` uint8 mask, ``(C, H, W)`` probabilities) on the grid."""
+    restored = np.asarray(resize_probabilities_to(probabilities.float().cpu(), geometry.shape_hw), np.float32)
+    return mask_from_probabilities(restored, threshold), restored
+
+
+class ProbabilityInferer(Inferer):
+    """Network -> class probabilities, optionally averaged over the method's test-time views (one batched forward).
+
+    A MONAI ``Inferer``: used by :class:`Predictor` and by the MONAI Label app's infer task alike.
+
+    Args:
+        tta: average identity, h-flip, v-flip, rot90 and rot270 (each inverted back) on probabilities.
+        amp: bfloat16 autocast when the inputs are on CUDA.
+    """
+
+    def __init__(self, tta: bool = False, amp: bool = True) -> None:
+        super().__init__()
+        self.tta = tta
+        self.amp = amp
+
+    @torch.no_grad()
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Probabilities ``(B, C, H, W)`` (C = 1 for binary: the foreground) for images ``(B, C_in, H, W)``."""
+        inputs = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp and inputs.is_cuda):
+            if self.tta:
+                probabilities = tta_predict(network, inputs, transforms=DEFAULT_TTA)
+            else:
+                probabilities = probabilities_from_logits(network(inputs))
+        return probabilities.float()
+
+    @torch.no_grad()
+    def views(self, inputs: torch.Tensor, network: Any) -> torch.Tensor:
+        """Every test-time view's aligned probabilities ``(B, V, C, H, W)`` (for a disagreement score)."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp and inputs.is_cuda):
+            return tta_views(network, inputs, transforms=DEFAULT_TTA).float()
+
+
+class RestoreToOriginald(MapTransform):
+    """Probabilities at the network's size -> label mask on the original image's grid.
+
+    Reads the original geometry from the reference image's metadata (set by ``LoadUltrasoundd``); writes the
+    ``(H, W)`` uint8 mask to ``keys`` and the restored probabilities to ``probabilities_key``.
+
+    Args:
+        keys: the prediction key(s) holding ``(C, S, S)`` probabilities.
+        ref_image: the preprocessed image key whose meta has ``"geometry"``.
+        probabilities_key: where to keep the restored probabilities (``None``: drop them).
+        threshold: foreground threshold for a single-channel (binary) prediction.
+    """
+
+    def __init__(
+        self,
+        keys: str | Sequence[str] = "pred",
+        ref_image: str = "image",
+        probabilities_key: str | None = "probabilities",
+        threshold: float = 0.5,
+    ) -> None:
+        super().__init__(keys)
+        self.ref_image = ref_image
+        self.probabilities_key = probabilities_key
+        self.threshold = threshold
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        geometry = io.ImageGeometry.from_dict(d[self.ref_image].meta["geometry"])
+        for key in self.key_iterator(d):
+            prediction = d[key]
+            prediction = prediction.as_tensor() if isinstance(prediction, MetaTensor) else torch.as_tensor(prediction)
+            d[key], restored = restore_prediction(prediction, geometry, self.threshold)
+            if self.probabilities_key:
+                d[self.probabilities_key] = restored
+        d["geometry"] = geometry
+        return d
+
+
 class Predictor:
     """A trained network with its preprocessing, ready to segment images.
 
@@ -91,7 +172,7 @@ class Predictor:
         self.network = network.to(self.device).eval()
         self.spec = spec
         self.tta = tta
-        self.amp = amp and self.device.type == "cuda"
+        self.inferers = {flag: ProbabilityInferer(tta=flag, amp=amp) for flag in (False, True)}
         self.preprocess = Compose(
             build_preprocess(
                 input_size=spec.input_size,
@@ -122,14 +203,8 @@ class Predictor:
     @torch.no_grad()
     def predict_batch(self, images: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
         """Probabilities ``(B, C, S, S)`` for preprocessed images ``(B, C, S, S)``."""
-        use_tta = self.tta if tta is None else tta
-        images = images.to(self.device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            if use_tta:
-                probabilities = tta_predict(self.network, images, transforms=DEFAULT_TTA)
-            else:
-                probabilities = probabilities_from_logits(self.network(images))
-        return probabilities.float()
+        inferer = self.inferers[self.tta if tta is None else bool(tta)]
+        return inferer(images.to(self.device, non_blocking=True), self.network)
 
     def predict(self, image: str | os.PathLike | np.ndarray, tta: bool | None = None) -> Prediction:
         """Segment one image file (or ``(H, W[, C])`` array) and restore the result to its grid."""
@@ -158,9 +233,8 @@ class Predictor:
             yield self._restore(p, geometry, source)
 
     def _restore(self, probabilities: torch.Tensor, geometry: io.ImageGeometry, source: str) -> Prediction:
-        restored = resize_probabilities_to(probabilities.cpu(), geometry.shape_hw)
-        restored_np = np.asarray(restored, dtype=np.float32)
-        return Prediction(mask_from_probabilities(restored_np), restored_np, geometry, source)
+        mask, restored = restore_prediction(probabilities, geometry)
+        return Prediction(mask, restored, geometry, source)
 
 
 def prediction_path(image_path: str | os.PathLike, out_dir: str | os.PathLike, extension: str | None = None) -> Path:

@@ -1,0 +1,264 @@
+"""Biometry from segmentation masks: diameters, areas and perimeters in millimetres.
+
+The fetal cerebellum's standard measurement is the transverse cerebellar diameter (TCD), its width across the head's
+midline. A mask alone does not say where the midline is, so TCD here is the cerebellum's **maximum Feret diameter**:
+the longest distance between two points of the largest connected component, measured on the convex hull of its pixel
+squares (each pixel covers a square one spacing wide, so a run of ``n`` pixels measures ``n`` spacings, as a
+sonographer's calipers placed on the outer edges would). The cerebellum is widest across the midline, so the two
+agree closely (within a few tenths of a millimetre on the bundled sample data, whose ``tcd_mm`` is the extent across
+the midline from the first to the last pixel centre plus one pixel).
+
+For the HC18 data set, the head circumference is the perimeter of an ellipse fitted to the head mask
+(:func:`ellipse_circumference_mm`): the ellipse with the same second moments as the mask (scikit-image's
+``regionprops`` axis lengths), its perimeter by Ramanujan's approximation.
+
+Spacing is ``(row_mm, col_mm)``, the order of :attr:`sscase_monai.io.ImageGeometry.pixel_spacing_hw`; one number
+means isotropic pixels. With a spacing of 1 every length is in pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import ConvexHull
+from skimage import measure
+
+logger = logging.getLogger(__name__)
+
+SpacingLike = float | Sequence[float]
+
+_CORNERS = np.array([[-0.5, -0.5], [-0.5, 0.5], [0.5, -0.5], [0.5, 0.5]])
+"""Offsets from a pixel centre to its four corners, ``(row, col)``."""
+
+_PERIMETER_SMOOTHING = 1.0
+"""Gaussian sigma in pixels applied before tracing a boundary for :func:`perimeter_mm`."""
+
+
+@dataclass(frozen=True)
+class FeretDiameter:
+    """The longest distance across a region.
+
+    Attributes:
+        length: the diameter in the spacing's unit (mm for a spacing in mm; pixels for spacing 1).
+        endpoints: its two ends as ``(row, col)`` pixel coordinates (on pixel corners), e.g. to draw it.
+    """
+
+    length: float
+    endpoints: tuple[tuple[float, float], tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class EllipseFit:
+    """The ellipse with a region's second moments.
+
+    Attributes:
+        semi_major: semi-axis lengths in the spacing's unit.
+        semi_minor: see ``semi_major``.
+        centre: ``(row, col)`` in pixels.
+        orientation: angle between the row axis and the major axis in radians (scikit-image's convention).
+    """
+
+    semi_major: float
+    semi_minor: float
+    centre: tuple[float, float]
+    orientation: float
+
+    @property
+    def circumference(self) -> float:
+        """Perimeter by Ramanujan's approximation, in the spacing's unit."""
+        return ramanujan_perimeter(self.semi_major, self.semi_minor)
+
+
+@dataclass(frozen=True)
+class StructureBiometry:
+    """Measurements of one labelled structure (its largest connected component, except ``area_mm2``).
+
+    Attributes:
+        diameter_mm: maximum Feret diameter (the TCD for the cerebellum).
+        area_mm2: area of all pixels with the label.
+        perimeter_mm: length of the largest component's outer boundary.
+        components: number of connected components with the label (more than one hints at a noisy prediction).
+    """
+
+    diameter_mm: float
+    area_mm2: float
+    perimeter_mm: float
+    components: int
+
+
+def normalize_spacing(spacing: SpacingLike) -> tuple[float, float]:
+    """``0.3`` -> ``(0.3, 0.3)``; ``(row_mm, col_mm)`` checked to be two positive numbers.
+
+    Raises:
+        ValueError: not one or two positive finite numbers.
+    """
+    values = (spacing, spacing) if isinstance(spacing, numbers.Real) else tuple(spacing)
+    if len(values) != 2 or not all(isinstance(v, numbers.Real) and math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"spacing must be a positive number or (row_mm, col_mm), got {spacing!r}")
+    return float(values[0]), float(values[1])
+
+
+def _binary(mask: np.ndarray, label: int | None) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.ndim != 2:
+        raise ValueError(f"expected an (H, W) mask, got shape {mask.shape}")
+    return mask != 0 if label is None else mask == label
+
+
+def largest_component(mask: np.ndarray, label: int | None = None) -> np.ndarray:
+    """The largest 8-connected component of a mask, as a boolean ``(H, W)`` array (all False when empty).
+
+    Args:
+        mask: ``(H, W)`` (or ``(1, H, W)``) mask.
+        label: the value to take; ``None``: every non-zero pixel.
+    """
+    foreground = _binary(mask, label)
+    components, count = ndimage.label(foreground, structure=np.ones((3, 3), bool))
+    if count <= 1:
+        return foreground
+    sizes = np.bincount(components.ravel())[1:]
+    return components == int(np.argmax(sizes)) + 1
+
+
+def count_components(mask: np.ndarray, label: int | None = None) -> int:
+    """Number of 8-connected components with ``label`` (``None``: non-zero)."""
+    return int(ndimage.label(_binary(mask, label), structure=np.ones((3, 3), bool))[1])
+
+
+def max_feret_diameter(mask: np.ndarray, spacing: SpacingLike = 1.0, label: int | None = None) -> FeretDiameter:
+    """Maximum Feret diameter of the largest connected component.
+
+    The longest distance between two corners of the component's pixel squares, found on their convex hull, with
+    rows and columns scaled by the spacing (correct for anisotropic pixels).
+
+    Args:
+        mask: ``(H, W)`` mask.
+        spacing: ``(row_mm, col_mm)`` or one number.
+        label: the value to measure; ``None``: every non-zero pixel.
+
+    Returns:
+        The diameter (0 with both endpoints at the origin for an empty mask).
+    """
+    row_mm, col_mm = normalize_spacing(spacing)
+    region = largest_component(mask, label)
+    if not region.any():
+        return FeretDiameter(0.0, ((0.0, 0.0), (0.0, 0.0)))
+    # Only pixels with a background 8-neighbour can have a corner on the hull.
+    edge = region & ~ndimage.binary_erosion(region, structure=np.ones((3, 3), bool), border_value=0)
+    centres = np.argwhere(edge).astype(np.float64)
+    corners = np.unique((centres[:, None, :] + _CORNERS[None]).reshape(-1, 2), axis=0)
+    physical = corners * np.array([row_mm, col_mm])
+    hull = physical[ConvexHull(physical).vertices]
+    distances = np.linalg.norm(hull[:, None, :] - hull[None, :, :], axis=-1)
+    i, j = np.unravel_index(int(np.argmax(distances)), distances.shape)
+    ends = hull[[i, j]] / np.array([row_mm, col_mm])
+    return FeretDiameter(float(distances[i, j]), (tuple(ends[0].tolist()), tuple(ends[1].tolist())))
+
+
+def max_feret_diameter_mm(mask: np.ndarray, spacing: SpacingLike, label: int | None = None) -> float:
+    """:func:`max_feret_diameter`'s length alone (mm for a spacing in mm)."""
+    return max_feret_diameter(mask, spacing, label).length
+
+
+def transverse_cerebellar_diameter_mm(mask: np.ndarray, spacing: SpacingLike, label: int = 1) -> float:
+    """TCD: the maximum Feret diameter of the largest cerebellum component, in mm (0 when there is none).
+
+    Args:
+        mask: ``(H, W)`` label mask.
+        spacing: ``(row_mm, col_mm)`` or one number, in mm.
+        label: the cerebellum's value in the mask.
+    """
+    return max_feret_diameter(mask, spacing, label).length
+
+
+def area_mm2(mask: np.ndarray, spacing: SpacingLike, label: int | None = None) -> float:
+    """Area of every pixel with ``label`` (``None``: non-zero) in mm^2."""
+    row_mm, col_mm = normalize_spacing(spacing)
+    return float(_binary(mask, label).sum()) * row_mm * col_mm
+
+
+def perimeter_mm(mask: np.ndarray, spacing: SpacingLike, label: int | None = None) -> float:
+    """Length of the outer boundary of the largest component (holes filled), in mm.
+
+    The boundary is the half-height contour of the component smoothed with a Gaussian of one pixel: the raw pixel
+    staircase would add about 5% to a round shape's perimeter; smoothed, a digital disk or ellipse measures within
+    about 1% of its true perimeter (sharp corners are rounded off, about 3% short for a rectangle). Rows and columns
+    are scaled by the spacing.
+    """
+    row_mm, col_mm = normalize_spacing(spacing)
+    region = ndimage.binary_fill_holes(largest_component(mask, label))
+    if not region.any():
+        return 0.0
+    padded = np.pad(region, int(math.ceil(4 * _PERIMETER_SMOOTHING))).astype(np.float32)
+    contours = measure.find_contours(ndimage.gaussian_filter(padded, _PERIMETER_SMOOTHING), 0.5)
+    if not contours:  # a speck or a one-pixel line that smoothing flattens below half height: trace it unsmoothed
+        contours = measure.find_contours(padded, 0.5)
+    outer = max(contours, key=len)  # holes are filled: the longest contour is the outer boundary
+    steps = np.diff(outer, axis=0) * np.array([row_mm, col_mm])
+    return float(np.linalg.norm(steps, axis=1).sum())
+
+
+def ramanujan_perimeter(semi_major: float, semi_minor: float) -> float:
+    """Perimeter of an ellipse by Ramanujan's first approximation (exact for a circle; 0.01% off at 5:1)."""
+    a, b = float(semi_major), float(semi_minor)
+    if a < 0 or b < 0:
+        raise ValueError(f"semi-axes must be >= 0, got {(semi_major, semi_minor)!r}")
+    return math.pi * (3.0 * (a + b) - math.sqrt((3.0 * a + b) * (a + 3.0 * b)))
+
+
+def fit_ellipse(mask: np.ndarray, spacing: SpacingLike = 1.0, label: int | None = None) -> EllipseFit | None:
+    """The ellipse with the second moments of the largest component (holes filled), axes scaled by the spacing.
+
+    Returns:
+        The fit, or ``None`` for an empty mask.
+    """
+    row_mm, col_mm = normalize_spacing(spacing)
+    region = ndimage.binary_fill_holes(largest_component(mask, label))
+    if not region.any():
+        return None
+    props = measure.regionprops(region.astype(np.uint8), spacing=(row_mm, col_mm))[0]
+    centre = props.centroid  # in physical units when a spacing is given
+    return EllipseFit(
+        semi_major=float(props.axis_major_length) / 2.0,
+        semi_minor=float(props.axis_minor_length) / 2.0,
+        centre=(float(centre[0]) / row_mm, float(centre[1]) / col_mm),
+        orientation=float(props.orientation),
+    )
+
+
+def ellipse_circumference_mm(mask: np.ndarray, spacing: SpacingLike, label: int | None = None) -> float:
+    """Circumference of the ellipse fitted to a mask, in mm (0 for an empty mask).
+
+    The HC18 head circumference: the reference values are perimeters of the annotated ellipses.
+
+    Args:
+        mask: ``(H, W)`` mask (e.g. a filled head mask).
+        spacing: ``(row_mm, col_mm)`` or one number, in mm.
+        label: the value to fit; ``None``: every non-zero pixel.
+    """
+    fit = fit_ellipse(mask, spacing, label)
+    return 0.0 if fit is None else fit.circumference
+
+
+def measure_structure(mask: np.ndarray, spacing: SpacingLike, label: int | None = None) -> StructureBiometry:
+    """Diameter, area, perimeter and component count of one labelled structure.
+
+    Args:
+        mask: ``(H, W)`` label mask.
+        spacing: ``(row_mm, col_mm)`` or one number, in mm.
+        label: the structure's value; ``None``: every non-zero pixel.
+    """
+    return StructureBiometry(
+        diameter_mm=max_feret_diameter(mask, spacing, label).length,
+        area_mm2=area_mm2(mask, spacing, label),
+        perimeter_mm=perimeter_mm(mask, spacing, label),
+        components=count_components(mask, label),
+    )

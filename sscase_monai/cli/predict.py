@@ -1,0 +1,375 @@
+"""``sscase-monai predict``: segment images with a trained model and write one mask per image.
+
+The model-loading options (``--model``, ``--tta``, ``--device``, ``--batch-size``) and the pixel-size table option
+are shared with ``sscase-monai evaluate``. Heavy imports (torch, MONAI) happen when the command runs, so
+``sscase-monai --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sscase_monai.evaluation import SpacingLookup
+    from sscase_monai.inference import Prediction, Predictor
+    from sscase_monai.model_files import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS_CSV = "predictions.csv"
+"""The per-image summary ``predict`` writes into its output folder."""
+
+PROBABILITIES_DIR = "probabilities"
+"""Sub-folder of the output folder for ``--probabilities``."""
+
+CONFIDENCE_THRESHOLD = 0.95
+"""A pixel is confident when its class probability is at least this (the method's pseudo-label rule)."""
+
+EXIT_PARTIAL = 1
+"""Exit status when some images could not be segmented (the others were)."""
+
+DESCRIPTION = """\
+Segment 2-D ultrasound images with a trained SS_CASE_UNet and write one mask per image into OUT, on the image's
+own grid (the prediction is made at the network's input size and restored to the original size):
+
+  NIfTI (W x H x 1 or 2-D)  -> NIfTI with the same size, spacing, origin and direction
+  NRRD                      -> NRRD with the same geometry
+  PNG                       -> PNG
+  JPEG                      -> PNG (lossless label values)
+  DICOM                     -> NRRD with the DICOM's geometry
+
+Mask values are the model's label values (uint8; 0 = background; see the model's model.json). The mask keeps the
+image's file name without extension (a.nii.gz -> OUT/a.nii.gz, b.jpg -> OUT/b.png).
+
+OUT/predictions.csv has one row per image: file, mask, pixel spacing and where it came from (file / table / none),
+per label its pixel count and area in mm^2 (empty when the spacing is unknown), tcd_mm (the transverse cerebellar
+diameter as the maximum Feret diameter of the largest cerebellum component, for a label named "cerebellum" and a
+known spacing), confidence_fraction (share of pixels whose class probability is >= 0.95), and error (why an image
+was skipped).
+
+PNG and JPEG carry no pixel spacing: give one with --pixel-size-csv FILE (columns filename,pixel_size_mm, as HC18's
+pixel_size_and_hc.csv). Without it, a table is looked for as in `sscase-monai evaluate` (pixel_size_and_hc.csv or
+pixel_size.csv beside or in the images folder, or the sample data's metadata.csv in it).
+
+Exit status: 0 when every image was segmented; 1 when some images could not be read (each is reported on stderr and
+in predictions.csv, and every other image is still segmented); 2 for a bad argument, a missing or unusable model, a
+missing folder, or output names that would clash or overwrite an input.
+
+Example:
+  sscase-monai predict --model runs/hc18/model.pt --images scans/ --out masks/ --tta
+"""
+
+
+def parse_device(text: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (argparse type)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text.strip().lower()):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text.strip().lower()
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--tta``, ``--device``, ``--batch-size`` (shared by ``predict`` and ``evaluate``)."""
+    parser.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        metavar="CKPT",
+        help="trained model file (model.pt; its model.json sidecar beside it says how to rebuild it)",
+    )
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average identity, h-flip, v-flip, rot90 and rot270 (5x slower)",
+    )
+    parser.add_argument(
+        "--device",
+        type=parse_device,
+        default="auto",
+        help="auto (CUDA when available, default), cpu, cuda or cuda:N",
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=8, metavar="B", help="images per forward pass (default: 8)"
+    )
+
+
+def add_pixel_size_argument(parser: argparse.ArgumentParser) -> None:
+    """``--pixel-size-csv`` (shared by ``predict`` and ``evaluate``)."""
+    parser.add_argument(
+        "--pixel-size-csv",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="pixel sizes of images without a spacing of their own (PNG/JPEG): columns filename,pixel_size_mm "
+        "(HC18's pixel_size_and_hc.csv); default: pixel_size_and_hc.csv or pixel_size.csv found beside or in the "
+        "images folder, or the sample data's metadata.csv in it",
+    )
+
+
+def load_predictor(args: argparse.Namespace) -> Predictor:
+    """The predictor for ``--model``/``--device``/``--tta``.
+
+    Raises:
+        FileNotFoundError: no model file.
+        ValueError: CUDA asked for but not available, or the model file does not fit its sidecar.
+    """
+    import torch
+
+    from sscase_monai.inference import Predictor
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
+    if not args.model.is_file():
+        raise FileNotFoundError(f"model file {args.model} not found")
+    return Predictor.from_file(args.model, device=args.device, tta=args.tta)
+
+
+def pixel_size_lookup(csv_path: Path | None, images: Path) -> tuple[SpacingLookup | None, Path | None]:
+    """The pixel sizes of ``--pixel-size-csv``, or of the table found for ``images``; ``(None, None)`` if none."""
+    from sscase_monai.evaluation import find_pixel_size_csv, read_pixel_size_csv
+
+    path = csv_path if csv_path is not None else find_pixel_size_csv(images)
+    if path is None:
+        return None, None
+    lookup = read_pixel_size_csv(path)
+    logger.info("pixel sizes of %d image(s) from %s", len(lookup), path)
+    return lookup, path
+
+
+def list_input_images(images: Path) -> list[Path]:
+    """``--images``: one image file, or the image files directly in a folder.
+
+    Raises:
+        FileNotFoundError: no such file or folder.
+        ValueError: a file that is not an image type, or a folder without images.
+    """
+    from sscase_monai import io
+    from sscase_monai.data import find_images
+
+    if images.is_file():
+        if not io.is_image_file(images):
+            raise ValueError(f"{images}: not an image file (expected one of {', '.join(io.IMAGE_EXTENSIONS)})")
+        return [images]
+    if not images.exists():
+        raise FileNotFoundError(f"{images}: no such file or folder")
+    return find_images(images)
+
+
+def plan_outputs(images: Sequence[Path], out_dir: Path) -> dict[Path, Path]:
+    """The mask path of every image, refusing two images that would write one file or a mask over an input.
+
+    Raises:
+        ValueError: a clash (names both images) or an output that is an input image.
+    """
+    from sscase_monai.inference import prediction_path
+
+    outputs: dict[Path, Path] = {}
+    claimed: dict[Path, Path] = {}
+    inputs = {image.resolve() for image in images}
+    for image in images:
+        target = prediction_path(image, out_dir)
+        key = target.resolve()
+        if key in claimed:
+            raise ValueError(f"{claimed[key]} and {image} would both be written to {target}; rename one of them")
+        if key in inputs:
+            raise ValueError(f"the mask of {image} would overwrite the input image {target}; choose another --out")
+        claimed[key] = image
+        outputs[image] = target
+    return outputs
+
+
+def predict_files(
+    predictor: Predictor, paths: Iterable[Path], batch_size: int = 8, tta: bool | None = None
+) -> Iterator[tuple[Path, Prediction | Exception]]:
+    """Like ``Predictor.predict_many``, but an image that cannot be read or preprocessed yields its error instead of
+    ending the run: ``(path, Prediction)`` or ``(path, exception)`` in input order."""
+    import torch
+
+    from sscase_monai.inference import Prediction, restore_prediction
+
+    def flush(batch: list[tuple[Path, Any]]) -> Iterator[tuple[Path, Prediction | Exception]]:
+        loaded = [i for i, (_, item) in enumerate(batch) if not isinstance(item, Exception)]
+        restored: dict[int, Prediction] = {}
+        if loaded:
+            probabilities = predictor.predict_batch(torch.stack([batch[i][1][0] for i in loaded]), tta=tta)
+            for p, i in zip(probabilities, loaded, strict=True):
+                _, geometry, source = batch[i][1]
+                mask, restored_probabilities = restore_prediction(p, geometry)
+                restored[i] = Prediction(mask, restored_probabilities, geometry, source)
+        for i, (path, item) in enumerate(batch):
+            yield path, item if isinstance(item, Exception) else restored[i]
+
+    batch: list[tuple[Path, Any]] = []
+    for path in paths:
+        try:
+            item: Any = predictor.load_image(path)
+        except (ValueError, RuntimeError, OSError) as e:  # unreadable, not 2-D, unusable channels
+            item = e
+        batch.append((path, item))
+        if sum(not isinstance(i, Exception) for _, i in batch) == batch_size:
+            yield from flush(batch)
+            batch = []
+    if batch:
+        yield from flush(batch)
+
+
+def write_probabilities(prediction: Prediction, spec: ModelSpec, mask_path: Path, out_dir: Path) -> list[Path]:
+    """Each foreground class's probability map beside the masks, in ``OUT/probabilities/``.
+
+    NIfTI/NRRD get float32 maps with the image's geometry; PNG gets 8-bit maps (probability x 255). Binary models
+    write ``<stem>.<ext>``, multi-class models ``<stem>_<label>.<ext>`` per label.
+    """
+    import numpy as np
+    import SimpleITK as sitk
+
+    from sscase_monai import io
+
+    extension = io.image_extension(mask_path)
+    stem = io.image_stem(mask_path)
+    names = {value: name for name, value in spec.labels.items()}
+    probabilities = prediction.probabilities
+    if probabilities.shape[0] == 1:
+        maps = [(f"{stem}{extension}", probabilities[0])]
+    else:
+        maps = [
+            (f"{stem}_{names.get(c, f'class{c}')}{extension}", probabilities[c]) for c in range(1, len(probabilities))
+        ]
+    written = []
+    for name, probability in maps:
+        path = out_dir / PROBABILITIES_DIR / name
+        if extension == ".png":
+            written.append(io.write_mask(np.round(probability * 255.0).astype(np.uint8), prediction.geometry, path))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image = io.mask_to_image(probability.astype(np.float32), prediction.geometry)
+            sitk.WriteImage(image, str(path), useCompression=True)
+            written.append(path)
+    return written
+
+
+def prediction_row(
+    path: Path,
+    prediction: Prediction | None,
+    mask_path: Path | None,
+    spec: ModelSpec,
+    spacing: tuple[float, float] | None,
+    source: str,
+    error: str = "",
+) -> dict[str, Any]:
+    """One row of ``predictions.csv`` (the same columns for a skipped image, left empty)."""
+    from sscase_monai.biometry import transverse_cerebellar_diameter_mm
+    from sscase_monai.inference import describe
+
+    row: dict[str, Any] = {
+        "file": str(path),
+        "mask": str(mask_path) if mask_path else "",
+        "spacing_row_mm": spacing[0] if spacing else "",
+        "spacing_col_mm": spacing[1] if spacing else "",
+        "spacing_source": source,
+    }
+    counts = describe(prediction, spec) if prediction is not None else {}
+    for name in spec.labels:
+        pixels = counts[name]["pixels"] if prediction is not None else ""
+        row[f"{name}_pixels"] = pixels
+        # describe()'s area assumes the geometry's spacing (1 x 1 for PNG); use the resolved spacing instead
+        row[f"{name}_area_mm2"] = round(pixels * spacing[0] * spacing[1], 3) if spacing and pixels != "" else ""
+    cerebellum = _cerebellum_value(spec)
+    if cerebellum is not None:
+        tcd = ""
+        if prediction is not None and spacing is not None:
+            tcd = round(transverse_cerebellar_diameter_mm(prediction.mask, spacing, label=cerebellum), 3)
+        row["tcd_mm"] = tcd
+    row["confidence_fraction"] = round(prediction.confidence(CONFIDENCE_THRESHOLD), 6) if prediction else ""
+    row["error"] = error
+    return row
+
+
+def _cerebellum_value(spec: ModelSpec) -> int | None:
+    return next((int(v) for name, v in spec.labels.items() if name.strip().lower() == "cerebellum"), None)
+
+
+def _error_text(path: Path, error: Exception) -> str:
+    text = str(error) or type(error).__name__
+    return text if str(path) in text else f"{path}: {text}"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``predict`` on the ``sscase-monai`` command."""
+    parser = subparsers.add_parser(
+        "predict",
+        help="segment images with a trained model: one mask per image (in the image's format and geometry) and a "
+        "predictions.csv",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--images", required=True, type=Path, metavar="DIR", help="an image file, or a folder of images (not recursive)"
+    )
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the masks (created)")
+    parser.add_argument(
+        "--probabilities",
+        action="store_true",
+        help=f"also write each foreground class's probability map to OUT/{PROBABILITIES_DIR}/ (float32 for "
+        "NIfTI/NRRD, 8-bit x255 for PNG)",
+    )
+    add_pixel_size_argument(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Segment every image; 0 when all were segmented, 1 when some could not be read."""
+    from sscase_monai import io
+    from sscase_monai.evaluation import resolve_pixel_spacing, write_records_csv
+
+    images = list_input_images(args.images)
+    outputs = plan_outputs(images, args.out)
+    predictor = load_predictor(args)
+    lookup, _ = pixel_size_lookup(args.pixel_size_csv, args.images)
+    spec = predictor.spec
+    rows: list[dict[str, Any]] = []
+    failures: list[Path] = []
+    for path, result in predict_files(predictor, images, args.batch_size, tta=args.tta):
+        if isinstance(result, Exception):
+            message = _error_text(path, result)
+            print(
+                f"sscase-monai predict: error: {message} (skipped; continuing with the other images)", file=sys.stderr
+            )
+            failures.append(path)
+            rows.append(prediction_row(path, None, None, spec, None, "", error=message))
+            continue
+        mask_path = io.write_mask(result.mask, result.geometry, outputs[path])
+        if args.probabilities:
+            write_probabilities(result, spec, mask_path, args.out)
+        spacing, source = resolve_pixel_spacing(path, result.geometry, lookup)
+        rows.append(prediction_row(path, result, mask_path, spec, spacing, source))
+    csv_path = write_records_csv(rows, args.out / PREDICTIONS_CSV)
+    done = len(images) - len(failures)
+    print(f"wrote {done} mask(s) to {args.out}; per-image summary in {csv_path}")
+    if failures:
+        names = ", ".join(p.name for p in failures[:5]) + (
+            f" and {len(failures) - 5} more" if len(failures) > 5 else ""
+        )
+        print(
+            f"sscase-monai predict: {len(failures)} of {len(images)} image(s) could not be segmented: {names}",
+            file=sys.stderr,
+        )
+        return EXIT_PARTIAL
+    return 0

@@ -1,0 +1,394 @@
+"""Evaluating a trained model on labelled images, as ``sscase-monai evaluate`` and the benchmarks do.
+
+Every image is predicted, its prediction restored to the image's original size, and compared there with its label
+(read with the model's number of classes: ``{0, 1}``, ``{0, 255}`` or ``{0..K}``). Metrics are the paper's accuracy,
+precision, recall, Jaccard and Dice plus HD95 (:mod:`sscase_monai.metrics`), per image and aggregated two ways
+(per-image mean and pooled counts).
+
+HD95 is in millimetres when every image has a pixel spacing, else in pixels for all images (one unit per evaluation,
+so the averages mean something). An image has a spacing when its file carries one (NIfTI, NRRD; DICOM unless ITK
+reports its default of 1 x 1), or, for PNG/JPEG, when a pixel-size table names it (HC18's ``pixel_size_and_hc.csv``:
+``filename, pixel_size_mm``; see :func:`read_pixel_size_csv` and :func:`find_pixel_size_csv`).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sscase_monai import io
+from sscase_monai.inference import Predictor
+from sscase_monai.metrics import METRIC_NAMES, format_metrics_table, per_image_metrics, segmentation_metrics
+from sscase_monai.transforms import label_to_class_indices
+
+logger = logging.getLogger(__name__)
+
+SPACING_FORMATS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr")
+"""Image formats whose files always carry the pixel spacing (DICOM may: see :func:`file_pixel_spacing`)."""
+
+PIXEL_SIZE_CSV_NAMES: tuple[str, ...] = ("pixel_size_and_hc.csv", "pixel_size.csv")
+"""Pixel-size tables looked for beside an images folder (the HC18 layout: ``train/images`` + ``train/<csv>``)."""
+
+SAMPLE_METADATA_NAME = "metadata.csv"
+"""The sample-data folder's table (``file``, ``pixel_spacing_mm``), looked for inside an images folder."""
+
+NAME_COLUMNS: tuple[str, ...] = ("filename", "file", "name", "image")
+"""Accepted names of a pixel-size table's file-name column, in order of preference."""
+
+SIZE_COLUMNS: tuple[str, ...] = ("pixel_size_mm", "pixel_spacing_mm", "spacing_mm")
+"""Accepted names of a pixel-size table's pixel-size column (isotropic pixels, mm)."""
+
+Spacing = tuple[float, float]
+SpacingLookup = Mapping[str, float | Sequence[float]]
+"""Pixel size per image, keyed by file name (``a.png``) or stem (``a``): one number or ``(row_mm, col_mm)``."""
+
+
+def read_pixel_size_csv(path: str | os.PathLike) -> dict[str, Spacing]:
+    """Read a pixel-size table: one row per image with its file name and isotropic pixel size in mm.
+
+    Columns: a file name (one of :data:`NAME_COLUMNS`, e.g. HC18's ``filename``) and a size (one of
+    :data:`SIZE_COLUMNS`, e.g. ``pixel_size_mm``); other columns are ignored.
+
+    Returns:
+        ``{image stem: (row_mm, col_mm)}`` (stems, so ``a.png`` in the table also matches ``a.nii.gz``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the columns are missing, or a size is not a positive number (the message names file and row).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pixel-size table {path} not found")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in reader.fieldnames or []]
+        name_column = next((c for c in NAME_COLUMNS if c in header), None)
+        size_column = next((c for c in SIZE_COLUMNS if c in header), None)
+        if name_column is None or size_column is None:
+            raise ValueError(
+                f"{path}: a pixel-size table needs a file-name column ({' or '.join(NAME_COLUMNS)}) and a size "
+                f"column ({' or '.join(SIZE_COLUMNS)}); found columns {header}"
+            )
+        sizes: dict[str, Spacing] = {}
+        for line, row in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            name, text = row.get(name_column, ""), row.get(size_column, "")
+            if not name:
+                continue
+            try:
+                size = float(text)
+            except ValueError:
+                size = float("nan")
+            if not (math.isfinite(size) and size > 0):
+                raise ValueError(f"{path}, line {line}: pixel size of {name} must be a positive number, got {text!r}")
+            sizes[io.image_stem(name)] = (size, size)
+    logger.debug("read %d pixel sizes from %s", len(sizes), path)
+    return sizes
+
+
+def _has_size_columns(path: Path) -> bool:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            header = [h.strip() for h in next(csv.reader(f), [])]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return any(c in header for c in NAME_COLUMNS) and any(c in header for c in SIZE_COLUMNS)
+
+
+def find_pixel_size_csv(images: str | os.PathLike) -> Path | None:
+    """The pixel-size table that belongs to an images folder (or to a single image's folder), if any.
+
+    Looks, in this order, for :data:`PIXEL_SIZE_CSV_NAMES` in the folder's parent (HC18: ``train/images`` ->
+    ``train/pixel_size_and_hc.csv``), then in the folder itself, then for the sample data's ``metadata.csv`` in the
+    folder; a candidate counts only if it has a file-name and a pixel-size column.
+    """
+    images = Path(images)
+    folder = images if images.is_dir() else images.parent
+    candidates = [folder.parent / name for name in PIXEL_SIZE_CSV_NAMES]
+    candidates += [folder / name for name in PIXEL_SIZE_CSV_NAMES]
+    candidates.append(folder / SAMPLE_METADATA_NAME)
+    for candidate in candidates:
+        if candidate.is_file() and _has_size_columns(candidate):
+            return candidate
+    return None
+
+
+def file_pixel_spacing(path: str | os.PathLike, geometry: io.ImageGeometry) -> Spacing | None:
+    """The pixel spacing ``(row_mm, col_mm)`` an image file carries, or ``None`` when its format has none.
+
+    NIfTI and NRRD carry one; PNG and JPEG do not (ITK reports 1 x 1); DICOM counts when its spacing is not
+    ITK's default of exactly 1 x 1 (ultrasound DICOM often has no ``PixelSpacing``).
+    """
+    extension = io.image_extension(path)
+    spacing = geometry.pixel_spacing_hw
+    if extension in SPACING_FORMATS:
+        return spacing
+    if extension in (".dcm", ".dicom") and spacing != (1.0, 1.0):
+        return spacing
+    return None
+
+
+def _lookup(spacing_lookup: SpacingLookup, path: str | os.PathLike) -> Spacing | None:
+    name = Path(path).name
+    value = spacing_lookup.get(name, spacing_lookup.get(io.image_stem(path)))
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value), float(value)
+    row_mm, col_mm = value
+    return float(row_mm), float(col_mm)
+
+
+def resolve_pixel_spacing(
+    path: str | os.PathLike, geometry: io.ImageGeometry, spacing_lookup: SpacingLookup | None = None
+) -> tuple[Spacing | None, str]:
+    """An image's pixel spacing and where it came from.
+
+    The file's own spacing wins (a differing table entry is logged as a warning); a table entry serves images whose
+    format has none.
+
+    Returns:
+        ``((row_mm, col_mm) or None, source)`` with source ``"file"``, ``"table"`` or ``"none"``.
+    """
+    from_file = file_pixel_spacing(path, geometry)
+    from_table = _lookup(spacing_lookup, path) if spacing_lookup else None
+    if from_file is not None:
+        if from_table is not None and not np.allclose(from_file, from_table, rtol=0.01):
+            logger.warning(
+                "%s: the file's pixel spacing %s differs from the pixel-size table's %s; using the file's",
+                path,
+                from_file,
+                from_table,
+            )
+        return from_file, "file"
+    if from_table is not None:
+        return from_table, "table"
+    return None, "none"
+
+
+def read_label(path: str | os.PathLike, num_classes: int) -> np.ndarray:
+    """A label file as an ``(H, W)`` uint8 class-index mask (``{0, 255}`` -> ``{0, 1}`` for binary).
+
+    Raises:
+        ImageReadError: the file cannot be read as a 2-D image.
+        ValueError: values outside ``0..num_classes-1`` (the message names the file).
+    """
+    array, _ = io.read_image(path)
+    return label_to_class_indices(array, num_classes, source=str(path))[0].astype(np.uint8)
+
+
+@dataclass
+class CaseResult:
+    """One image kept for the report (a best or a worst case by Dice).
+
+    Attributes:
+        kind: ``"best"`` or ``"worst"``.
+        rank: 1 for the best (or worst) case, 2 for the next, ...
+        record: the image's row of :attr:`EvaluationResult.records`.
+        label_mask: ``(H, W)`` uint8 ground-truth class indices.
+        prediction_mask: ``(H, W)`` uint8 predicted class indices.
+        spacing: ``(row_mm, col_mm)`` or ``None``.
+    """
+
+    kind: str
+    rank: int
+    record: dict[str, Any]
+    label_mask: np.ndarray
+    prediction_mask: np.ndarray
+    spacing: Spacing | None
+
+    @property
+    def name(self) -> str:
+        return str(self.record["name"])
+
+    @property
+    def image(self) -> str:
+        return str(self.record["image"])
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate_model` found.
+
+    Attributes:
+        records: one dict per image (CSV rows): ``name``, ``image``, ``label``, ``height``, ``width``,
+            ``spacing_row_mm``, ``spacing_col_mm``, ``spacing_source``, the metrics (fractions; ``hd95`` NaN when
+            exactly one of prediction and label is empty), ``hd95_unit``, the counts ``tp, fp, fn, tn``, and per-class
+            columns for multi-class models.
+        metrics: the :func:`sscase_monai.metrics.segmentation_metrics` result over all images.
+        num_classes: classes including background.
+        hd95_unit: ``"mm"`` or ``"px"``.
+        spacing_sources: how many images got their spacing from the ``"file"``, a ``"table"``, or have ``"none"``.
+        cases: the kept best and worst cases (only when asked for: ``keep_cases``).
+    """
+
+    records: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    num_classes: int
+    hd95_unit: str
+    spacing_sources: dict[str, int]
+    cases: list[CaseResult] = field(default_factory=list)
+
+    @property
+    def dice(self) -> list[float]:
+        """Every image's Dice, in record order."""
+        return [float(r["dice"]) for r in self.records]
+
+    def table(self, name: str = "model") -> str:
+        """The paper-style Markdown table (per-image mean and pooled rows)."""
+        return format_metrics_table(self.metrics, name=name)
+
+    def hd95_note(self) -> str:
+        """One or two sentences on HD95's unit, where the spacing came from and undefined values."""
+        n = len(self.records)
+        if self.hd95_unit == "mm":
+            sources = [
+                f"{count} from the image files" if src == "file" else f"{count} from a pixel-size table"
+                for src, count in self.spacing_sources.items()
+                if count and src != "none"
+            ]
+            note = f"HD95 in mm (pixel spacing of {' and '.join(sources)})."
+        else:
+            missing = [r["name"] for r in self.records if r["spacing_source"] == "none"]
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            note = (
+                f"HD95 in pixels: {len(missing)} of {n} image(s) have no pixel spacing ({shown}); give PNG/JPEG "
+                "images one with a pixel-size table (--pixel-size-csv)."
+            )
+        undefined = int(self.metrics.get("hd95_undefined", 0))
+        if undefined:
+            what = "image(s)" if self.num_classes == 2 else "(image, class) pair(s)"
+            note += (
+                f" HD95 is undefined for {undefined} {what} (exactly one of prediction and ground truth empty) "
+                "and left out of its averages."
+            )
+        return note
+
+    def write_csv(self, path: str | os.PathLike) -> Path:
+        """Write :attr:`records` as CSV (NaN as an empty cell); returns the path."""
+        return write_records_csv(self.records, path)
+
+
+def _format_cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else round(value, 6)
+    return "" if value is None else value
+
+
+def write_records_csv(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Rows of dicts to a CSV file, columns in first-seen order, NaN/None as empty cells."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns: list[str] = []
+    for record in records:
+        columns += [k for k in record if k not in columns]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for record in records:
+            writer.writerow({k: _format_cell(v) for k, v in record.items()})
+    return path
+
+
+def _record(
+    pair: Mapping[str, str],
+    pred: np.ndarray,
+    label: np.ndarray,
+    num_classes: int,
+    spacing: Spacing | None,
+    source: str,
+    unit: str,
+) -> dict[str, Any]:
+    metrics = per_image_metrics([pred], [label], num_classes, spacing=None if unit == "px" else [spacing])[0]
+    record: dict[str, Any] = {
+        "name": io.image_stem(pair["image"]),
+        "image": str(pair["image"]),
+        "label": str(pair["label"]),
+        "height": metrics["height"],
+        "width": metrics["width"],
+        "spacing_row_mm": spacing[0] if spacing else None,
+        "spacing_col_mm": spacing[1] if spacing else None,
+        "spacing_source": source,
+    }
+    record |= {m: metrics[m] for m in METRIC_NAMES}
+    record["hd95_unit"] = unit
+    record |= {k: v for k, v in metrics.items() if k not in record and k != "index"}
+    return record
+
+
+def _select_cases(records: list[dict[str, Any]], keep: int) -> list[tuple[str, int, int]]:
+    """``(kind, rank, index)`` of the ``keep`` best and ``keep`` worst images by Dice (no image twice)."""
+    if keep <= 0:
+        return []
+    indices = range(len(records))
+    best = sorted(indices, key=lambda i: (-records[i]["dice"], records[i]["name"]))[:keep]
+    worst = [i for i in sorted(indices, key=lambda i: (records[i]["dice"], records[i]["name"])) if i not in best]
+    return [("best", r, i) for r, i in enumerate(best, 1)] + [("worst", r, i) for r, i in enumerate(worst[:keep], 1)]
+
+
+def evaluate_model(
+    predictor: Predictor,
+    pairs: Sequence[Mapping[str, str]],
+    tta: bool | None = False,
+    spacing_lookup: SpacingLookup | None = None,
+    batch_size: int = 8,
+    keep_cases: int = 0,
+) -> EvaluationResult:
+    """Predict every labelled image and score it on its original grid.
+
+    Args:
+        predictor: the model (its ``spec.num_classes`` decides how labels are read).
+        pairs: ``{"image": path, "label": path}`` items, as :func:`sscase_monai.data.pair_images_with_labels` gives.
+        tta: use the method's test-time augmentation; ``None``: the predictor's own setting.
+        spacing_lookup: pixel sizes for images whose files carry none (see :func:`read_pixel_size_csv`).
+        batch_size: images per forward pass.
+        keep_cases: keep the masks of this many best and worst images by Dice (for a report); 0 keeps none.
+
+    Returns:
+        The per-image records, the aggregated metrics and the kept cases.
+
+    Raises:
+        ValueError: no pairs; an unreadable image or label, label values outside the model's classes, or a label
+            whose size differs from its image's (each message names the file).
+    """
+    if not pairs:
+        raise ValueError("no labelled images to evaluate")
+    num_classes = predictor.spec.num_classes
+    images = [str(pair["image"]) for pair in pairs]
+    predictions, labels, spacings, sources = [], [], [], []
+    stream = predictor.predict_many(images, batch_size=batch_size, tta=tta)
+    for count, (pair, prediction) in enumerate(zip(pairs, stream, strict=True), start=1):
+        label = read_label(pair["label"], num_classes)
+        if label.shape != prediction.mask.shape:
+            raise ValueError(
+                f"label {pair['label']} has (H, W) = {label.shape} but its image {pair['image']} has "
+                f"(H, W) = {prediction.mask.shape}"
+            )
+        spacing, source = resolve_pixel_spacing(pair["image"], prediction.geometry, spacing_lookup)
+        predictions.append(prediction.mask.astype(np.uint8))
+        labels.append(label)
+        spacings.append(spacing)
+        sources.append(source)
+        if count % 50 == 0:
+            logger.info("predicted %d of %d images", count, len(pairs))
+    unit = "mm" if all(s is not None for s in spacings) else "px"
+    metrics = segmentation_metrics(predictions, labels, num_classes, spacing=spacings if unit == "mm" else None)
+    records = [
+        _record(pair, p, t, num_classes, s, src, unit)
+        for pair, p, t, s, src in zip(pairs, predictions, labels, spacings, sources, strict=True)
+    ]
+    cases = [
+        CaseResult(kind, rank, records[i], labels[i], predictions[i], spacings[i])
+        for kind, rank, i in _select_cases(records, keep_cases)
+    ]
+    spacing_sources = {src: sources.count(src) for src in ("file", "table", "none")}
+    logger.info("evaluated %d images: Dice %.4f (per-image mean)", len(records), metrics["mean"]["dice"])
+    return EvaluationResult(records, metrics, num_classes, unit, spacing_sources, cases)
