@@ -213,24 +213,46 @@ class Predictor:
         return self._restore(probabilities, geometry, source)
 
     def predict_many(
-        self, images: Iterable[str | os.PathLike], batch_size: int = 8, tta: bool | None = None
-    ) -> Iterator[Prediction]:
-        """Segment files in batches, yielding predictions in input order."""
-        batch: list[tuple[torch.Tensor, io.ImageGeometry, str]] = []
+        self,
+        images: Iterable[str | os.PathLike],
+        batch_size: int = 8,
+        tta: bool | None = None,
+        skip_errors: bool = False,
+    ) -> Iterator[Prediction | Exception]:
+        """Segment files in batches, yielding one result per input, in input order.
+
+        Args:
+            images: image files.
+            batch_size: images per forward pass.
+            tta: override the predictor's test-time augmentation setting.
+            skip_errors: yield the error of an image that cannot be read or preprocessed (not 2-D, unusable
+                channels) in its place and go on, instead of raising it.
+        """
+        batch: list[tuple[torch.Tensor, io.ImageGeometry, str] | Exception] = []
         for image in images:
-            batch.append(self.load_image(image))
-            if len(batch) == batch_size:
+            try:
+                batch.append(self.load_image(image))
+            except (ValueError, RuntimeError, OSError) as e:
+                if not skip_errors:
+                    raise
+                batch.append(e)
+            if sum(not isinstance(item, Exception) for item in batch) == batch_size:
                 yield from self._predict_loaded(batch, tta)
                 batch = []
         if batch:
             yield from self._predict_loaded(batch, tta)
 
     def _predict_loaded(
-        self, batch: Sequence[tuple[torch.Tensor, io.ImageGeometry, str]], tta: bool | None
-    ) -> Iterator[Prediction]:
-        probabilities = self.predict_batch(torch.stack([t for t, _, _ in batch]), tta=tta)
-        for p, (_, geometry, source) in zip(probabilities, batch, strict=True):
-            yield self._restore(p, geometry, source)
+        self, batch: Sequence[tuple[torch.Tensor, io.ImageGeometry, str] | Exception], tta: bool | None
+    ) -> Iterator[Prediction | Exception]:
+        loaded = [item for item in batch if not isinstance(item, Exception)]
+        probabilities = iter(self.predict_batch(torch.stack([t for t, _, _ in loaded]), tta=tta) if loaded else [])
+        for item in batch:
+            if isinstance(item, Exception):
+                yield item
+            else:
+                _, geometry, source = item
+                yield self._restore(next(probabilities), geometry, source)
 
     def _restore(self, probabilities: torch.Tensor, geometry: io.ImageGeometry, source: str) -> Prediction:
         mask, restored = restore_prediction(probabilities, geometry)

@@ -11,7 +11,7 @@ import argparse
 import logging
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -194,41 +194,6 @@ def plan_outputs(images: Sequence[Path], out_dir: Path) -> dict[Path, Path]:
     return outputs
 
 
-def predict_files(
-    predictor: Predictor, paths: Iterable[Path], batch_size: int = 8, tta: bool | None = None
-) -> Iterator[tuple[Path, Prediction | Exception]]:
-    """Like ``Predictor.predict_many``, but an image that cannot be read or preprocessed yields its error instead of
-    ending the run: ``(path, Prediction)`` or ``(path, exception)`` in input order."""
-    import torch
-
-    from sscase_monai.inference import Prediction, restore_prediction
-
-    def flush(batch: list[tuple[Path, Any]]) -> Iterator[tuple[Path, Prediction | Exception]]:
-        loaded = [i for i, (_, item) in enumerate(batch) if not isinstance(item, Exception)]
-        restored: dict[int, Prediction] = {}
-        if loaded:
-            probabilities = predictor.predict_batch(torch.stack([batch[i][1][0] for i in loaded]), tta=tta)
-            for p, i in zip(probabilities, loaded, strict=True):
-                _, geometry, source = batch[i][1]
-                mask, restored_probabilities = restore_prediction(p, geometry)
-                restored[i] = Prediction(mask, restored_probabilities, geometry, source)
-        for i, (path, item) in enumerate(batch):
-            yield path, item if isinstance(item, Exception) else restored[i]
-
-    batch: list[tuple[Path, Any]] = []
-    for path in paths:
-        try:
-            item: Any = predictor.load_image(path)
-        except (ValueError, RuntimeError, OSError) as e:  # unreadable, not 2-D, unusable channels
-            item = e
-        batch.append((path, item))
-        if sum(not isinstance(i, Exception) for _, i in batch) == batch_size:
-            yield from flush(batch)
-            batch = []
-    if batch:
-        yield from flush(batch)
-
-
 def write_probabilities(prediction: Prediction, spec: ModelSpec, mask_path: Path, out_dir: Path) -> list[Path]:
     """Each foreground class's probability map beside the masks, in ``OUT/probabilities/``.
 
@@ -346,7 +311,8 @@ def run(args: argparse.Namespace) -> int:
     spec = predictor.spec
     rows: list[dict[str, Any]] = []
     failures: list[Path] = []
-    for path, result in predict_files(predictor, images, args.batch_size, tta=args.tta):
+    results = predictor.predict_many(images, args.batch_size, tta=args.tta, skip_errors=True)
+    for path, result in zip(images, results, strict=True):
         if isinstance(result, Exception):
             message = _error_text(path, result)
             print(
