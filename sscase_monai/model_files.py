@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LABELS: dict[str, int] = {"cerebellum": 1}
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @dataclass
 class ModelSpec:
@@ -109,6 +112,7 @@ def atomic_write_bytes(path: str | os.PathLike, write: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
