@@ -121,6 +121,23 @@ def pair_images_with_labels(images_dir: str | os.PathLike, labels_dir: str | os.
     return [{"image": str(path), "label": str(labels[stem])} for stem, path in images.items()]
 
 
+def split_studies_folder(studies: str | os.PathLike) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """A MONAI Label studies folder (images at its top level, final labels in ``labels/final`` with the same file
+    stem) as labelled ``{"image", "label"}`` pairs and unlabelled ``{"image"}`` items.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        ValueError: it holds no images.
+    """
+    studies = Path(studies)
+    images = find_images(studies)
+    final = studies / "labels" / "final"
+    labels = _by_stem(find_images(final), final) if final.is_dir() and any(final.iterdir()) else {}
+    labelled = [{"image": str(p), "label": str(labels[io.image_stem(p)])} for p in images if io.image_stem(p) in labels]
+    unlabelled = [{"image": str(p)} for p in images if io.image_stem(p) not in labels]
+    return labelled, unlabelled
+
+
 def check_labelled_pair(
     image_path: str, label_path: str, num_classes: int = 2, max_pixels: int = io.DEFAULT_MAX_PIXELS
 ) -> list[str]:

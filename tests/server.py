@@ -116,3 +116,16 @@ def copy_studies(source: Path, target: Path) -> Path:
     """A private copy of a studies folder without what a server wrote into it."""
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("datastore_v2.json", ".lock", "original"))
     return target
+
+
+def slicer_client(server: ServerProcess):
+    """The ``monailabel`` client Slicer's module embeds, saving results in its own folder.
+
+    (The server deletes its temporary result file after sending it; a client sharing the server's temp folder
+    would have its copy deleted too. Slicer runs on another machine, or at least another temp folder.)
+    """
+    from monailabel.client import MONAILabelClient
+
+    folder = server.workdir / "client"
+    folder.mkdir(parents=True, exist_ok=True)
+    return MONAILabelClient(server.url, tmpdir=str(folder))

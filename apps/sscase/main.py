@@ -10,8 +10,12 @@ import importlib
 import json
 import logging
 import os
+import tempfile
 
 import lib.configs
+import torch
+from fastapi import HTTPException
+from lib.datastore import SSCASEDatastore
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
@@ -28,6 +32,13 @@ import sscase_monai
 from sscase_monai.cli.serve import DATASTORE_FILE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
+
+
+def _is_upload(image: str) -> bool:
+    """Whether ``image`` is a file the server itself just wrote from an upload (``tmpXXXXXXXX`` in its temp folder)."""
+    path = os.path.realpath(image)
+    in_tmp = os.path.dirname(path) == os.path.realpath(tempfile.gettempdir())
+    return os.path.isabs(image) and in_tmp and os.path.basename(path).startswith("tmp")
 
 
 class SSCASEApp(MONAILabelApp):
@@ -62,8 +73,59 @@ class SSCASEApp(MONAILabelApp):
         logger.info("studies: %s; models: %s; model folder: %s", studies, list(self.models), self.model_dir)
 
     def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        num_classes = max((m.spec.num_classes for m in self.models.values()), default=2)
         logger.info("datastore %s with %s", self.studies, json.dumps(settings.MONAI_LABEL_DATASTORE_FILE_EXT))
-        return super().init_datastore()
+        return SSCASEDatastore(
+            self.studies,
+            num_classes=num_classes,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def infer(self, request: dict, datastore: Datastore | None = None) -> dict:
+        """Infer on a datastore image id or an uploaded file; never on an arbitrary server path."""
+        self._require(self._infers, request.get("model"), "model")
+        image = request.get("image")
+        if isinstance(image, str) and not _is_upload(image):
+            store = datastore or self.datastore()
+            if isinstance(store, SSCASEDatastore):
+                store.image_path_of(image)  # 400 for a path-like id, 404 for an unknown one
+        return super().infer(request, datastore)
+
+    def batch_infer(self, request: dict, datastore: Datastore | None = None) -> dict:
+        """Infer every selected image and save the masks as ``original`` labels (Slicer shows them on Next Sample)."""
+        self._require(self._infers, request.get("model"), "model")
+        if not torch.cuda.is_available():
+            # MONAI Label spreads batch infer over the GPUs it counts; with none it would divide by zero
+            request = {**request, "multi_gpu": False, "device": "cpu"}
+        return super().batch_infer(request, datastore)
+
+    def train(self, request: dict) -> dict:
+        self._require(self._trainers, request.get("model"), "model")
+        return super().train(request)
+
+    def scoring(self, request: dict, datastore: Datastore | None = None) -> dict:
+        self._require(self._scoring_methods, request.get("method"), "scoring method")
+        return super().scoring(request, datastore)
+
+    def next_sample(self, request: dict) -> dict:
+        strategy = request.get("strategy") or "random"
+        self._require(self._strategies, strategy, "strategy")
+        store = self.datastore()
+        if not store.get_unlabeled_images():
+            total = len(store.list_images())
+            raise HTTPException(
+                404, f"no unlabelled image left: all {total} images in the datastore have a final label"
+            )
+        return super().next_sample(request)
+
+    @staticmethod
+    def _require(tasks: dict, name: str | None, what: str) -> None:
+        if not name or name not in tasks:
+            raise HTTPException(404, f"unknown {what} {name!r}; available: {sorted(tasks)}")
 
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}

@@ -38,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sscase-monai`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # the command line, for records of a run
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--images", required=True, type=Path, metavar="DIR", help="labelled images")
-    data.add_argument("--labels", required=True, type=Path, metavar="DIR", help="their labels (same names)")
+    data.add_argument("--images", type=Path, metavar="DIR", help="labelled images")
+    data.add_argument("--labels", type=Path, metavar="DIR", help="their labels (same names)")
+    data.add_argument(
+        "--studies",
+        type=Path,
+        metavar="DIR",
+        help="instead of --images/--labels/--unlabeled: a MONAI Label studies folder (images at its top level, "
+        "final labels in DIR/labels/final; images without a label are the unlabelled pool), as the server trains",
+    )
     data.add_argument("--val-images", type=Path, metavar="DIR", help="validation images (default: split --images)")
     data.add_argument("--val-labels", type=Path, metavar="DIR", help="validation labels")
     data.add_argument(
@@ -163,6 +171,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     run_group.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.pt")
     run_group.add_argument("--no-progress", action="store_true", help="no progress bar")
     run_group.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
+    run_group.add_argument(
+        "--export",
+        type=Path,
+        metavar="FILE",
+        help="also save the final model as FILE (+ .json sidecar recording this command), float16 with --export-half",
+    )
+    run_group.add_argument("--export-half", action="store_true", help="store --export in float16 (half the size)")
     parser.set_defaults(func=run)
     return parser
 
@@ -209,9 +224,19 @@ def collect_items(args: argparse.Namespace, seed: int) -> tuple[list, list, list
         FileNotFoundError: a missing folder.
         ValueError: an empty folder, images without labels, or no validation images.
     """
-    from sscase_monai.data import find_images, pair_images_with_labels, split_by_exam
+    from sscase_monai.data import find_images, pair_images_with_labels, split_by_exam, split_studies_folder
 
-    pairs = pair_images_with_labels(args.images, args.labels)
+    if args.studies is not None:
+        if args.images is not None or args.labels is not None or args.unlabeled is not None:
+            raise ValueError("give either --studies or --images/--labels[/--unlabeled], not both")
+        pairs, unlabelled_items = split_studies_folder(args.studies)
+        if not pairs:
+            raise ValueError(f"{args.studies} has no image with a final label in {args.studies / 'labels' / 'final'}")
+        args.images = args.studies
+    elif args.images is None or args.labels is None:
+        raise ValueError("give --images and --labels (or --studies)")
+    else:
+        pairs, unlabelled_items = pair_images_with_labels(args.images, args.labels), None
     if (args.val_images is None) != (args.val_labels is None):
         raise ValueError("give both --val-images and --val-labels, or neither (then --val-fraction splits --images)")
     if args.val_images is not None:
@@ -226,6 +251,8 @@ def collect_items(args: argparse.Namespace, seed: int) -> tuple[list, list, list
         logger.info(
             "validation: %d of %d labelled image(s) (--val-fraction %g)", len(val), len(pairs), args.val_fraction
         )
+    if unlabelled_items is not None:
+        return train, val, unlabelled_items
     unlabeled = [{"image": str(p)} for p in find_images(args.unlabeled)] if args.unlabeled is not None else []
     return train, val, unlabeled
 
@@ -242,7 +269,7 @@ def build_config(args: argparse.Namespace) -> Any:
     spec = ModelSpec.for_labels(
         parse_labels(args), encoder=args.encoder, input_size=args.input_size, denoise=not args.no_denoise
     )
-    stages = args.stages or ((1, 2, 3) if args.unlabeled is not None else (1, 2))
+    stages = args.stages or ((1, 2, 3) if args.unlabeled is not None or args.studies is not None else (1, 2))
     if args.init_weights is not None and not args.init_weights.is_file():
         raise FileNotFoundError(f"--init-weights {args.init_weights}: no such file")
     config = TrainingConfig(
@@ -297,4 +324,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"validation metrics of each stage's best model ({metrics.get('num_images', '?')} images, original size):")
     print(result.metrics_table(), end="")
     print(f"history: {args.out / 'history.csv'}; TensorBoard: {args.out / 'tensorboard'}")
+    if args.export is not None:
+        export_model(result, config, args.export, args.export_half, args.argv)
+        print(f"exported: {args.export}")
     return 0
+
+
+def export_model(result: Any, config: Any, path: Path, half: bool, argv: list[str]) -> None:
+    """Save the run's final model elsewhere, with the command line and validation Dice in its sidecar."""
+    import torch
+
+    from sscase_monai.model_files import read_sidecar, save_model
+
+    state = torch.load(result.model_path, map_location="cpu", weights_only=True)
+    extra = {
+        **{k: v for k, v in read_sidecar(result.model_path).items() if k not in ("format", "spec", "half")},
+        "command": "sscase-monai " + " ".join(shlex.quote(a) for a in argv),
+        "best_val_dice": result.best_val_dice,
+    }
+    save_model(path, state, config.spec, half=half, extra=extra)

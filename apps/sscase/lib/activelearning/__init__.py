@@ -1,1 +1,5 @@
-"""sscase MONAI Label app: activelearning."""
+"""sscase MONAI Label app: active-learning strategies."""
+
+from .highest_score import HighestScore
+
+__all__ = ["HighestScore"]

@@ -1,1 +1,5 @@
-"""sscase MONAI Label app: infers."""
+"""sscase MONAI Label app: infer tasks."""
+
+from .sscase import SSCASEInfer
+
+__all__ = ["SSCASEInfer"]

@@ -1,1 +1,5 @@
-"""sscase MONAI Label app: scoring."""
+"""sscase MONAI Label app: scoring methods (uncertainty of unlabelled images, for active learning)."""
+
+from .uncertainty import UncertaintyScoring
+
+__all__ = ["UncertaintyScoring"]

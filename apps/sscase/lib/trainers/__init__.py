@@ -1,1 +1,5 @@
-"""sscase MONAI Label app: trainers."""
+"""sscase MONAI Label app: train tasks."""
+
+from .sscase import SSCASETrain
+
+__all__ = ["SSCASETrain"]

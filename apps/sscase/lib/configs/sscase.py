@@ -1,0 +1,135 @@
+"""The ``sscase`` model: SS_CASE_UNet for 2-D ultrasound. Every ``--conf`` option of the app is parsed here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from monailabel.interfaces.config import TaskConfig
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.utils.others.generic import strtobool
+from sscase_monai.training import TrainingConfig
+
+import lib.infers
+import lib.scoring
+import lib.trainers
+from lib.activelearning import HighestScore
+from sscase_monai.model_files import DEFAULT_LABELS, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+APP_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+STARTER_MODEL = os.path.join(APP_DIR, "starter", "sscase_starter.pt")
+"""Model trained by the project on the bundled sample data (see ``apps/sscase/starter/README.md``)."""
+
+EPISTEMIC_KEY = "epistemic_entropy"
+TTA_KEY = "tta_disagreement"
+
+
+class SSCASE(TaskConfig):
+    """SS_CASE_UNet: infer, three-stage train, MC-dropout and TTA scoring, and their active-learning strategies.
+
+    Options (``--conf KEY VALUE``; defaults in brackets, all listed in ``apps/sscase/README.md``):
+        labels: JSON ``{"name": value}`` of the structures to segment [``{"cerebellum": 1}``].
+        encoder: ``efficientnet-lite0`` (ImageNet weights offline) or ``efficientnet-b0`` [efficientnet-lite0].
+        pretrained: start training from ImageNet encoder weights: ``true``, ``false`` or a file [true].
+        input_size: network input side, a multiple of 32 [256].
+        denoise: the method's 5x5 median filter before the network [true].
+        tta: test-time augmentation for infer by default (a request may override) [false].
+        starter_model: use the bundled starter model until a model is trained [true].
+        epistemic_samples: MC-dropout passes per image for epistemic scoring [8].
+        scoring: run the scoring methods (``epistemic``, ``tta``) [true].
+        train_epochs: epochs of stages 1,2,3 [20,50,30].  train_stages: stages to run [1,2,3].
+        train_batch_size [8], train_samples_per_image [32], train_val_split [0.2], train_workers [0],
+        train_device [auto], train_consistency_weight [0].
+    """
+
+    def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs: Any) -> None:
+        super().init(name, model_dir, conf, planner, **kwargs)
+        self.labels = _parse_labels(conf.get("labels"))
+        self.spec = ModelSpec.for_labels(
+            self.labels,
+            encoder=conf.get("encoder", "efficientnet-lite0"),
+            input_size=int(conf.get("input_size", "256")),
+            denoise=strtobool(conf.get("denoise", "true")),
+        )
+        pretrained = conf.get("pretrained", "true")
+        self.pretrained: bool | str = strtobool(pretrained) if pretrained.lower() in ("true", "false") else pretrained
+        self.tta = strtobool(conf.get("tta", "false"))
+        self.published_path = os.path.join(model_dir, f"{name}.pt")
+        use_starter = strtobool(conf.get("starter_model", "true")) and self.labels == DEFAULT_LABELS
+        # BasicInferTask convention: the last existing path wins, so a trained model replaces the starter
+        self.path = [STARTER_MODEL if use_starter else None, self.published_path]
+        self.epistemic_samples = int(conf.get("epistemic_samples", "8"))
+        self.scoring = strtobool(conf.get("scoring", "true"))
+        self.train_defaults = _train_defaults(conf)
+        logger.info("sscase: labels %s, %s, model %s", self.labels, self.spec, self.path)
+
+    def infer(self) -> InferTask:
+        return lib.infers.SSCASEInfer(path=self.path, labels=self.labels, tta=self.tta)
+
+    def trainer(self) -> TrainTask:
+        return lib.trainers.SSCASETrain(
+            model_dir=os.path.join(self.model_dir, self.name),
+            publish_path=self.published_path,
+            spec=self.spec,
+            pretrained=self.pretrained,
+            defaults=self.train_defaults,
+            init_paths=self.path,
+        )
+
+    def strategy(self) -> dict[str, Strategy]:
+        if not self.scoring:
+            return {}
+        return {
+            "epistemic": HighestScore(EPISTEMIC_KEY, "Most uncertain under MC dropout (predictive entropy)"),
+            "tta": HighestScore(TTA_KEY, "Most disagreement between test-time augmentation views"),
+        }
+
+    def scoring_method(self) -> dict[str, ScoringMethod]:
+        if not self.scoring:
+            return {}
+        return {
+            "epistemic": lib.scoring.UncertaintyScoring(
+                path=self.path, method="mc_dropout", key=EPISTEMIC_KEY, num_samples=self.epistemic_samples
+            ),
+            "tta": lib.scoring.UncertaintyScoring(path=self.path, method="tta", key=TTA_KEY),
+        }
+
+
+def _parse_labels(value: str | None) -> dict[str, int]:
+    if not value:
+        return dict(DEFAULT_LABELS)
+    try:
+        labels = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise ValueError(f'--conf labels must be JSON like {{"cerebellum": 1}}, got {value!r}') from e
+    if not isinstance(labels, dict) or not labels:
+        raise ValueError(f'--conf labels must be a non-empty JSON object like {{"cerebellum": 1}}, got {value!r}')
+    return {str(k): int(v) for k, v in labels.items()}
+
+
+def _train_defaults(conf: dict[str, str]) -> dict[str, Any]:
+    """Training options as Slicer shows them in the Train options, from ``train_*`` conf keys and the method."""
+    stages = TrainingConfig().stages
+    defaults: dict[str, Any] = {
+        "stages": conf.get("train_stages", "1,2,3"),
+        "epochs": conf.get("train_epochs", ",".join(str(s.epochs) for s in stages)),
+        "learning_rates": conf.get("train_lr", ",".join(f"{s.lr:g}" for s in stages)),
+        "batch_size": int(conf.get("train_batch_size", "8")),
+        "samples_per_image": int(conf.get("train_samples_per_image", "32")),
+        "val_split": float(conf.get("train_val_split", "0.2")),
+        "num_workers": int(conf.get("train_workers", "0")),
+        "device": conf.get("train_device", "auto"),
+        "consistency_weight": float(conf.get("train_consistency_weight", "0")),
+        "pseudo_labels": strtobool(conf.get("train_pseudo_labels", "true")),
+        "init_from_current_model": strtobool(conf.get("train_from_current_model", "true")),
+        "resume": strtobool(conf.get("train_resume", "true")),
+        "seed": int(conf.get("train_seed", "0")),
+    }
+    return defaults

@@ -1,0 +1,132 @@
+"""Infer task: SS_CASE_UNet segmentation returned on exactly the input image's grid (what Slicer loads it onto)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import HTTPException
+from monai.inferers import Inferer
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.utils.others.generic import strtobool
+
+from sscase_monai import io
+from sscase_monai.inference import ProbabilityInferer, RestoreToOriginald
+from sscase_monai.model_files import ModelSpec, load_model
+from sscase_monai.transforms import build_preprocess
+
+logger = logging.getLogger(__name__)
+
+RESULT_DTYPES = ("uint8", "uint16", "int16", "int32")
+
+
+class NoModelError(HTTPException):
+    """409: no trained model exists yet (never run random weights)."""
+
+    def __init__(self, paths: Sequence[str | None]):
+        where = ", ".join(p for p in paths if p)
+        super().__init__(
+            status_code=409,
+            detail=f"no trained model yet (looked for {where}): train one first (Train in Slicer's MONAI Label "
+            "module, POST /train/sscase, or `sscase-monai train`), or start with --conf starter_model true",
+        )
+
+
+class SSCASEInfer(BasicInferTask):
+    """Segment a 2-D ultrasound image (NIfTI/NRRD single slice, PNG, JPEG, DICOM) with the current model.
+
+    The model in use is the last existing file of ``path`` (starter, then published); a newly published model is
+    picked up at the next request (its modification time is checked). The result is a ``uint8`` label image with the
+    input's size, spacing, origin and direction, in the requested ``result_extension`` (Slicer asks for ``.nrrd``).
+
+    Args:
+        path: candidate model files, lowest priority first.
+        labels: label names and values.
+        tta: test-time augmentation by default (request param ``tta`` overrides).
+    """
+
+    def __init__(self, path: Sequence[str | None], labels: dict[str, int], tta: bool = False) -> None:
+        super().__init__(
+            path=[p for p in path if p],
+            network=None,
+            type=InferType.SEGMENTATION,
+            labels=labels,
+            dimension=2,
+            description="SS_CASE_UNet segmentation of 2-D ultrasound (fetal cerebellum by default)",
+            config={"tta": tta},
+        )
+        self._lock = threading.Lock()
+        self._loaded: dict[str, tuple[torch.nn.Module, ModelSpec, tuple[str, float]]] = {}
+
+    def is_valid(self) -> bool:
+        # listed even before a model exists, so clients see it; a request then gets a clear 409
+        return True
+
+    def current_model(self, device: str) -> tuple[torch.nn.Module, ModelSpec]:
+        """The network and spec of the newest model file, loaded once per file version and device."""
+        path = self.get_path()
+        if not path:
+            raise NoModelError(self.path)
+        version = (path, os.stat(path).st_mtime)
+        with self._lock:
+            cached = self._loaded.get(device)
+            if cached is None or cached[2] != version:
+                network, spec = load_model(path, device=device)
+                self._loaded[device] = (network, spec, version)
+                logger.info("infer model %s loaded on %s", path, device)
+            network, spec, _ = self._loaded[device]
+        return network, spec
+
+    def _get_network(self, device: str, data: Any) -> torch.nn.Module:
+        return self.current_model(device)[0]
+
+    def pre_transforms(self, data: dict | None = None) -> Sequence[Callable]:
+        spec = self.current_model(data["device"])[1]
+        return build_preprocess(
+            input_size=spec.input_size,
+            channels=spec.in_channels,
+            num_classes=spec.num_classes,
+            denoise=spec.denoise,
+            keys=("image",),
+        )
+
+    def inferer(self, data: dict | None = None) -> Inferer:
+        tta = data.get("tta", self._config["tta"]) if data else self._config["tta"]
+        return ProbabilityInferer(tta=bool(strtobool(str(tta))))
+
+    def post_transforms(self, data: dict | None = None) -> Sequence[Callable]:
+        return [RestoreToOriginald(keys="pred", ref_image="image", probabilities_key=None)]
+
+    def writer(self, data: dict, extension: str | None = None, dtype: str | None = None) -> tuple[str, dict]:
+        extension = data.get("result_extension") or extension or ".nrrd"
+        dtype = data.get("result_dtype") or dtype or "uint8"
+        if extension not in (".nrrd", ".nii.gz", ".nii", ".png"):
+            raise HTTPException(400, f"result_extension must be .nrrd, .nii.gz, .nii or .png, got {extension!r}")
+        if dtype not in RESULT_DTYPES:
+            raise HTTPException(400, f"result_dtype must be one of {RESULT_DTYPES}, got {dtype!r}")
+        mask: np.ndarray = data["pred"]
+        fd, path = tempfile.mkstemp(suffix=extension)
+        os.close(fd)
+        io.write_mask(mask, data["geometry"], path, dtype=dtype)
+        present = {name: int((mask == value).sum()) for name, value in self.labels.items()}
+        return path, {"label_names": self.labels, "pixels": present, "tta": bool(self.inferer(data).tta)}
+
+    def __call__(self, request: dict, callbacks: Any = None) -> tuple[str | None, dict]:
+        try:
+            return super().__call__(request, callbacks)
+        except HTTPException:
+            raise
+        except io.ImageReadError as e:
+            raise HTTPException(status_code=413 if "exceeds the limit" in str(e) else 422, detail=str(e)) from e
+        except RuntimeError as e:  # MONAI's Compose wraps a transform's error; show the cause
+            cause = e.__cause__
+            if isinstance(cause, io.ImageReadError | ValueError):
+                raise HTTPException(status_code=422, detail=str(cause)) from e
+            raise

@@ -1,0 +1,59 @@
+"""Scoring: uncertainty of every unlabelled image under the current model, stored in the datastore's image info."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+
+from sscase_monai.active_learning import model_version, score_images
+from sscase_monai.inference import Predictor
+
+logger = logging.getLogger(__name__)
+
+
+class UncertaintyScoring(ScoringMethod):
+    """Score unlabelled images with ``method`` (``mc_dropout`` or ``tta``) and write ``key`` into their image info.
+
+    Runs in MONAI Label's background scoring task: on start, after training, and after each next-sample. Images
+    already scored by the same model file are skipped.
+
+    Args:
+        path: candidate model files, lowest priority first (the last existing one is used).
+        method: ``"mc_dropout"`` or ``"tta"``.
+        key: image-info key to write the score under.
+        num_samples: MC-dropout passes per image.
+    """
+
+    def __init__(self, path: Sequence[str | None], method: str, key: str, num_samples: int = 8) -> None:
+        super().__init__(f"Uncertainty of unlabelled images ({method}) under the current model")
+        self.path = [p for p in path if p]
+        self.method = method
+        self.key = key
+        self.num_samples = num_samples
+
+    def __call__(self, request: dict, datastore: Datastore) -> dict:
+        model = next((p for p in reversed(self.path) if os.path.exists(p)), None)
+        if model is None:
+            logger.info("%s scoring skipped: no trained model yet", self.key)
+            return {"scored": 0, "reason": "no trained model yet"}
+        version = model_version(model)
+        pending = {
+            image_id: datastore.get_image_uri(image_id)
+            for image_id in datastore.get_unlabeled_images()
+            if datastore.get_image_info(image_id).get(f"{self.key}_model") != version
+        }
+        if not pending:
+            return {"scored": 0, "reason": "every unlabelled image is scored by the current model"}
+        start = time.time()
+        predictor = Predictor.from_file(model, device=request.get("device", "auto"))
+        scores = score_images(predictor, pending.values(), method=self.method, num_samples=self.num_samples)
+        by_path = {path: image_id for image_id, path in pending.items()}
+        for path, score in scores.items():
+            datastore.update_image_info(by_path[path], {self.key: score, f"{self.key}_model": version})
+        logger.info("%s: scored %d images in %.1f s with %s", self.key, len(scores), time.time() - start, model)
+        return {"scored": len(scores), "model": version, "scores": {by_path[p]: s for p, s in scores.items()}}

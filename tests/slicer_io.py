@@ -1,0 +1,62 @@
+"""Load files exactly as 3D Slicer does, with Slicer's own MRML library (``slicer-core``: no Qt, no GUI).
+
+Slicer reads volumes through ``vtkMRMLVolumeArchetypeStorageNode`` into a scalar volume node (images) or a labelmap
+volume node (segmentation results); what matters to a user is that both land on the same voxel grid: same
+dimensions and the same IJK-to-RAS matrix.
+
+slicer-core's ITK build has no PNG reader; real Slicer reads a PNG through ITK's PNG reader, whose geometry (unit
+spacing, zero origin, identity direction) is what SimpleITK reports too. ``load_reference_volume`` therefore
+converts a PNG to NRRD with SimpleITK first and lets Slicer's storage node read that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+import vtk
+from vtk.util.numpy_support import vtk_to_numpy
+
+
+@dataclass
+class SlicerVolume:
+    """What Slicer shows: the voxel array (K, J, I order), dimensions (I, J, K) and the IJK-to-RAS matrix."""
+
+    array: np.ndarray
+    dimensions: tuple[int, int, int]
+    ijk_to_ras: np.ndarray
+
+
+def load_volume(path: str | Path, labelmap: bool = False) -> SlicerVolume:
+    """Read ``path`` with Slicer's volume archetype storage node into a scalar or labelmap volume node."""
+    scene = slicer.vtkMRMLScene()
+    node = slicer.vtkMRMLLabelMapVolumeNode() if labelmap else slicer.vtkMRMLScalarVolumeNode()
+    scene.AddNode(node)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    storage.SetSingleFile(True)  # Slicer's "single file" option: do not gather similarly named files as a series
+    if labelmap:
+        storage.SetUseOrientationFromFile(True)
+    if not storage.ReadData(node):
+        raise OSError(f"Slicer could not read {path}")
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    image = node.GetImageData()
+    dims = tuple(int(d) for d in image.GetDimensions())
+    array = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1])
+    ijk_to_ras = np.array([[matrix.GetElement(i, j) for j in range(4)] for i in range(4)])
+    return SlicerVolume(array, dims, ijk_to_ras)
+
+
+def load_reference_volume(path: str | Path, workdir: str | Path) -> SlicerVolume:
+    """The input volume node Slicer makes from an image file (PNG through ITK's reader, see the module doc)."""
+    path = Path(path)
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        converted = Path(workdir) / (path.stem + "_as_itk_reads_it.nrrd")
+        sitk.WriteImage(sitk.ReadImage(str(path)), str(converted))
+        path = converted
+    return load_volume(path)

@@ -1,0 +1,187 @@
+"""The MONAI Label app end to end, as 3D Slicer's MONAI Label module uses it: a real server on 127.0.0.1, the
+``monailabel`` client the Slicer plugin embeds, and Slicer's own readers (slicer-core) for what comes back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import SimpleITK as sitk
+from monailabel.client import MONAILabelClient
+from monailabel.client.client import MONAILabelClientException
+from server import ServerProcess, copy_studies, slicer_client
+from slicer_io import load_reference_volume, load_volume
+
+from sscase_monai import io
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = REPO_ROOT / "sample-data"
+SLICER_PARAMS = {"result_extension": ".nrrd", "result_dtype": "uint8"}  # what Slicer's module asks for
+QUIET = {"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}  # scoring only when a test asks for it
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app")
+    studies = copy_studies(SAMPLE_DATA, root / "studies")
+    with ServerProcess(studies, root / "server", env=QUIET) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server) -> MONAILabelClient:
+    return slicer_client(server)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return 2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def final_label(image_id: str) -> np.ndarray:
+    label = next((SAMPLE_DATA / "labels" / "final").glob(f"{image_id}.*"))
+    return io.read_image(label)[0]
+
+
+def test_info_lists_model_trainer_strategies_and_scoring(client):
+    info = client.info()
+    assert "config" not in info
+    model = info["models"]["sscase"]
+    assert model["type"] == "segmentation"
+    assert model["labels"] == {"cerebellum": 1}
+    assert model["dimension"] == 2
+    assert "sscase" in info["trainers"]
+    trainer_options = info["trainers"]["sscase"]["config"]
+    assert {"stages", "epochs", "learning_rates", "batch_size", "samples_per_image"} <= set(trainer_options)
+    assert {"random", "first", "epistemic", "tta"} <= set(info["strategies"])
+    assert {"epistemic", "tta"} <= set(info["scoring"])
+    assert info["labels"] == ["cerebellum"]
+
+
+@pytest.mark.parametrize("image_id", ["case_004", "case_015"], ids=["nifti-WxHx1", "png"])
+def test_run_returns_a_label_slicer_loads_on_the_image_grid(server, client, image_id, tmp_path):
+    image_path = next(p for p in server.studies.iterdir() if io.image_stem(p) == image_id)
+    result, params = client.infer("sscase", image_id, dict(SLICER_PARAMS))
+    assert params["label_names"] == {"cerebellum": 1}
+    assert result.endswith(".nrrd")
+
+    volume = load_reference_volume(image_path, tmp_path)  # the input volume node
+    label = load_volume(result, labelmap=True)  # the result as Slicer's module loads it
+    assert label.dimensions == volume.dimensions
+    np.testing.assert_allclose(label.ijk_to_ras, volume.ijk_to_ras, atol=1e-6)
+    assert label.array.dtype == np.uint8
+    assert set(np.unique(label.array)) <= {0, 1}
+    assert dice(label.array[0], final_label(image_id)) > 0.7  # the starter model finds the cerebellum
+
+
+def test_run_on_an_uploaded_nifti_keeps_spacing_origin_and_direction(client, tmp_path):
+    """A scan Slicer sends itself (not from the datastore): an odd grid must come back unchanged."""
+    image = sitk.ReadImage(str(SAMPLE_DATA / "case_004.nii.gz"))
+    image.SetSpacing((0.31, 0.27, 2.5))
+    image.SetOrigin((12.5, -40.25, 7.0))
+    image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))  # rotated in-plane
+    scan = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(image, str(scan))
+
+    result, _ = client.infer("sscase", "", dict(SLICER_PARAMS), file=str(scan))
+    volume = load_volume(scan)
+    label = load_volume(result, labelmap=True)
+    assert label.dimensions == volume.dimensions == (416, 320, 1)
+    np.testing.assert_allclose(label.ijk_to_ras, volume.ijk_to_ras, atol=1e-5)
+    assert dice(label.array[0], final_label("case_004")) > 0.7
+
+
+def test_run_with_tta_and_other_result_formats(client, tmp_path):
+    result, params = client.infer("sscase", "case_004", {"tta": True, "result_extension": ".nii.gz"})
+    assert params["tta"] is True and result.endswith(".nii.gz")
+    mask, geometry = io.read_image(result)
+    assert geometry == io.read_image(SAMPLE_DATA / "case_004.nii.gz")[1]
+    assert dice(mask, final_label("case_004")) > 0.7
+
+
+def test_saved_label_for_a_png_counts_as_completed(server, client, tmp_path):
+    """Slicer saves a label as .nii.gz (W x H x 1) even when the image is a PNG."""
+    before = requests.get(f"{server.url}/datastore/?output=stats", timeout=30).json()
+    mask, _ = client.infer("sscase", "case_006", {"result_extension": ".nii.gz"})
+    label = sitk.ReadImage(mask)
+    slicer_label = sitk.JoinSeries(label) if label.GetDimension() == 2 else label
+    saved = tmp_path / "label.nii.gz"
+    sitk.WriteImage(slicer_label, str(saved))
+    client.save_label("case_006", str(saved), params={"label_info": [{"name": "cerebellum", "idx": 1}]})
+    after = requests.get(f"{server.url}/datastore/?output=stats", timeout=30).json()
+    assert after["completed"] == before["completed"] + 1
+    stored = server.studies / "labels" / "final" / "case_006.nii.gz"
+    np.testing.assert_array_equal(io.read_image(stored)[0], io.read_image(saved)[0])
+
+
+@pytest.mark.parametrize("strategy", ["random", "first", "epistemic", "tta"])
+def test_next_sample_is_an_unlabelled_image(server, client, strategy):
+    datastore = client.datastore()["objects"]
+    unlabelled = {k for k, v in datastore.items() if "final" not in v["labels"]}
+    sample = client.next_sample(strategy, {})
+    assert sample["id"] in unlabelled
+
+
+def test_epistemic_scoring_writes_scores_and_the_strategy_follows_them(server, client):
+    response = requests.post(f"{server.url}/scoring/epistemic?run_sync=true", timeout=600)
+    assert response.status_code == 200, response.text
+    objects = client.datastore()["objects"]
+    unlabelled = {k: v for k, v in objects.items() if "final" not in v["labels"]}
+    scores = {k: v["image"]["info"].get("epistemic_entropy") for k, v in unlabelled.items()}
+    assert all(isinstance(s, float) and s >= 0 for s in scores.values()), scores
+    assert all("epistemic_entropy" not in v["image"]["info"] for k, v in objects.items() if k not in unlabelled)
+    served = set()
+    for _ in range(2):
+        served.add(client.next_sample("epistemic", {})["id"])
+    top_two = sorted(scores, key=scores.get, reverse=True)[:2]
+    assert served == set(top_two)  # highest first, then the next (the first was just served)
+
+
+def test_batch_infer_saves_original_labels(server, client):
+    response = requests.post(f"{server.url}/batch/infer/sscase?images=unlabeled&run_sync=true", json={}, timeout=600)
+    assert response.status_code == 200, response.text
+    objects = client.datastore()["objects"]
+    unlabelled = [k for k, v in objects.items() if "final" not in v["labels"]]
+    assert unlabelled and all("original" in objects[k]["labels"] for k in unlabelled)
+    original = next((server.studies / "labels" / "original").glob(f"{unlabelled[0]}.*"))
+    mask, geometry = io.read_image(original)
+    assert geometry.shape_hw == io.read_image(next(server.studies.glob(f"{unlabelled[0]}.*")))[1].shape_hw
+
+
+def test_bad_requests_get_a_4xx_with_the_reason(server):
+    unknown_model = requests.post(f"{server.url}/infer/nope?image=case_000", timeout=60)
+    assert unknown_model.status_code == 404 and "nope" in unknown_model.text
+    traversal = requests.post(f"{server.url}/infer/sscase?image=../../etc/passwd", timeout=60)
+    assert traversal.status_code == 400 and "invalid image id" in traversal.text
+    server_path = requests.post(f"{server.url}/infer/sscase?image=/etc/hostname", timeout=60)
+    assert server_path.status_code == 400
+    unknown_image = requests.post(f"{server.url}/infer/sscase?image=case_999", timeout=60)
+    assert unknown_image.status_code == 404 and "case_999" in unknown_image.text
+    assert requests.get(f"{server.url}/info/", timeout=60).ok
+
+
+def test_without_a_model_infer_says_so_and_never_runs_random_weights(tmp_path):
+    studies = copy_studies(SAMPLE_DATA, tmp_path / "studies")
+    with ServerProcess(studies, tmp_path / "server", conf=[("starter_model", "false")], env=QUIET) as server:
+        client = slicer_client(server)
+        assert "sscase" in client.info()["models"]  # listed, so Slicer shows it
+        with pytest.raises(MONAILabelClientException, match="409.*no trained model yet"):
+            client.infer("sscase", "case_000", dict(SLICER_PARAMS))
+        assert requests.get(f"{server.url}/info/", timeout=60).ok
+
+
+def test_next_sample_with_nothing_unlabelled_says_so(tmp_path):
+    studies = tmp_path / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    for name in ("case_004.nii.gz", "case_007.nii.gz"):
+        (studies / name).write_bytes((SAMPLE_DATA / name).read_bytes())
+        (studies / "labels" / "final" / name).write_bytes((SAMPLE_DATA / "labels" / "final" / name).read_bytes())
+    with ServerProcess(studies, tmp_path / "server", env=QUIET) as server:
+        for strategy in ("random", "epistemic"):
+            response = requests.post(f"{server.url}/activelearning/{strategy}", json={}, timeout=60)
+            assert response.status_code == 404
+            assert "no unlabelled image left" in response.json()["detail"]
