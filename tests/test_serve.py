@@ -11,7 +11,6 @@ import requests
 from monailabel.client import MONAILabelClient
 from server import ServerProcess, copy_studies
 
-from sscase_monai.cli import build_parser
 from sscase_monai.io import is_image_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -28,9 +27,6 @@ def sample_counts(studies: Path) -> tuple[int, int]:
 
 @pytest.mark.parametrize("command", [[], ["serve"], ["sample-data"], ["train"], ["evaluate"], ["predict"]])
 def test_help_of_every_subcommand(command):
-    registered = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no public API
-    if command and command[0] not in registered:
-        pytest.skip(f"sub-command {command[0]!r} is not part of this build yet")
     result = subprocess.run(
         [sys.executable, "-m", "sscase_monai", *command, "--help"], capture_output=True, text=True, timeout=120
     )

@@ -12,10 +12,8 @@ import logging
 import os
 import tempfile
 
-import lib.configs
 import torch
 from fastapi import HTTPException
-from lib.datastore import SSCASEDatastore
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
@@ -28,17 +26,30 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.class_utils import get_class_names
 
+import lib.configs
 import sscase_monai
+from lib.datastore import SSCASEDatastore
+from sscase_monai import io
 from sscase_monai.cli.serve import DATASTORE_FILE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
+_READABLE = ", ".join(io.IMAGE_EXTENSIONS)
+
 
 def _is_upload(image: str) -> bool:
     """Whether ``image`` is a file the server itself just wrote from an upload (``tmpXXXXXXXX`` in its temp folder)."""
+    if "\0" in image or not os.path.isabs(image):
+        return False
     path = os.path.realpath(image)
     in_tmp = os.path.dirname(path) == os.path.realpath(tempfile.gettempdir())
-    return os.path.isabs(image) and in_tmp and os.path.basename(path).startswith("tmp")
+    return in_tmp and os.path.basename(path).startswith("tmp") and os.path.isfile(path)
+
+
+def _hide_server_path(error: HTTPException, path: str, shown: str) -> None:
+    """Replace the server's own file path in a 4xx message by what the client knows the file as."""
+    if error.status_code < 500 and isinstance(error.detail, str):
+        error.detail = error.detail.replace(path, shown)
 
 
 class SSCASEApp(MONAILabelApp):
@@ -89,11 +100,24 @@ class SSCASEApp(MONAILabelApp):
         """Infer on a datastore image id or an uploaded file; never on an arbitrary server path."""
         self._require(self._infers, request.get("model"), "model")
         image = request.get("image")
-        if isinstance(image, str) and not _is_upload(image):
+        path, shown = None, None
+        if isinstance(image, str) and _is_upload(image):
+            if not io.is_image_file(image):
+                raise HTTPException(
+                    415, f"uploaded file type {io.image_extension(image)!r} is not an image; send one of {_READABLE}"
+                )
+            path, shown = image, "the uploaded image"
+        elif isinstance(image, str):
             store = datastore or self.datastore()
             if isinstance(store, SSCASEDatastore):
-                store.image_path_of(image)  # 400 for a path-like id, 404 for an unknown one
-        return super().infer(request, datastore)
+                path = store.image_path_of(image)  # 400 for a path-like id, 404 for an unknown one
+                shown = os.path.basename(path)
+        try:
+            return super().infer(request, datastore)
+        except HTTPException as e:
+            if path:
+                _hide_server_path(e, path, shown)
+            raise
 
     def batch_infer(self, request: dict, datastore: Datastore | None = None) -> dict:
         """Infer every selected image and save the masks as ``original`` labels (Slicer shows them on Next Sample)."""
@@ -102,6 +126,13 @@ class SSCASEApp(MONAILabelApp):
             # MONAI Label spreads batch infer over the GPUs it counts; with none it would divide by zero
             request = {**request, "multi_gpu": False, "device": "cpu"}
         return super().batch_infer(request, datastore)
+
+    def bundle_path(self, model: str | None) -> str | None:
+        # the one app hook the server calls before it starts a background train or batch infer: an unknown model
+        # gets its 404 here, instead of a task that is accepted and then fails in the background
+        if model is not None and model not in self._trainers and model not in self._infers:
+            self._require(self._trainers, model, "model")
+        return super().bundle_path(model)
 
     def train(self, request: dict) -> dict:
         self._require(self._trainers, request.get("model"), "model")

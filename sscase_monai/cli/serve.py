@@ -23,6 +23,10 @@ DATASTORE_FILE_EXTENSIONS: tuple[str, ...] = ("*.nii.gz", "*.nii", "*.nrrd", "*.
 """Image files the datastore lists: what Slicer sends (NIfTI/NRRD) and what scanners export (PNG/JPEG/DICOM)."""
 
 
+LOOPBACK_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
+"""Addresses that only this machine can reach; any other ``--host`` is logged as a warning."""
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``serve``."""
     parser = subparsers.add_parser(
@@ -98,6 +102,10 @@ def monailabel_command(
     return command
 
 
+def _auth_enabled() -> bool:
+    return os.environ.get("MONAI_LABEL_AUTH_ENABLE", "false").strip().lower() in ("1", "true", "yes", "on")
+
+
 def run(args: argparse.Namespace) -> int:
     """Start the server in place of this process."""
     app = (args.app or bundled_app_dir()).expanduser().resolve()
@@ -105,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{app} is not a MONAI Label app folder (no main.py)")
     studies = prepare_studies(args.studies, args.workspace)
     command = monailabel_command(app, studies, args.host, args.port, args.conf, args.log_level)
-    exposure = "this machine only" if args.host in ("127.0.0.1", "localhost", "::1") else "ALL NETWORK INTERFACES"
+    loopback = args.host in LOOPBACK_HOSTS
+    exposure = "this machine only" if loopback else "reachable from the network"
     logger.info("app: %s", app)
     logger.info("studies: %s", studies)
     logger.info(
@@ -116,6 +125,15 @@ def run(args: argparse.Namespace) -> int:
         "127.0.0.1" if args.host == "0.0.0.0" else args.host,
         args.port,
     )
+    if not loopback:
+        logger.warning(
+            "the server is exposed to the network on %s:%d: anyone who can reach this machine can read the images "
+            "and change labels and models%s. Use this only on a trusted network; prefer 127.0.0.1 with an SSH tunnel "
+            "or a TLS reverse proxy (README.md, 'Exposing the server')",
+            args.host,
+            args.port,
+            "" if _auth_enabled() else " (MONAI Label's auth is off: MONAI_LABEL_AUTH_ENABLE is not true)",
+        )
     if args.dry_run:
         print(" ".join(command))
         return 0

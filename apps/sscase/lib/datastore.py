@@ -66,7 +66,8 @@ class SSCASEDatastore(LocalDatastore):
         try:
             array, _ = io.read_image(image_filename, max_pixels=self.max_pixels)
         except io.ImageReadError as e:
-            raise HTTPException(413 if "exceeds the limit" in str(e) else 422, f"image {image_id!r}: {e}") from e
+            reason = str(e).replace(str(image_filename), "the uploaded file")  # the client never saw our temp name
+            raise HTTPException(_status_of(reason), f"image {image_id!r} refused: {reason}") from e
         if array.ndim == 3 and array.shape[-1] == 4 and (array[..., 3] != array[..., 3].max()).any():
             raise HTTPException(422, f"image {image_id!r} has transparency (RGBA with a varying alpha channel)")
         image_id = image_id or self._to_id(os.path.basename(image_filename))[0]
@@ -85,9 +86,15 @@ class SSCASEDatastore(LocalDatastore):
         image = self.image_path_of(image_id)
         problems = check_labelled_pair(image, label_filename, self.num_classes, self.max_pixels)
         if problems:
-            # the messages name the server's temporary file: say which upload it was instead
-            detail = "; ".join(p.replace(str(label_filename), "the uploaded label") for p in problems)
-            raise HTTPException(422, f"label for image {image_id!r} refused: {detail}")
+            # the messages name the server's files: say which upload (and which image) they are instead
+            shown = [
+                p.replace(f"label {label_filename}", "the uploaded label")
+                .replace(str(label_filename), "the uploaded label")
+                .replace(image, os.path.basename(image))
+                for p in problems
+            ]
+            detail = "; ".join(shown)
+            raise HTTPException(_status_of(detail), f"label for image {image_id!r} refused: {detail}")
         _, ext = self._to_id(os.path.basename(label_filename))
         name = self._filename(image_id, ext)
         folder = self._datastore.label_path(label_tag)
@@ -103,6 +110,13 @@ class SSCASEDatastore(LocalDatastore):
             self._update_datastore_file(lock=False)
         logger.info("saved %s label of %s (%s)", label_tag, image_id, name)
         return image_id
+
+    def get_image_uri(self, image_id: str) -> str:
+        # ids come from the index, which only this class writes; a path-like id still never leaves the folder
+        return super().get_image_uri(image_id) if _is_plain_name(image_id) else ""
+
+    def get_label_uri(self, label_id: str, label_tag: str) -> str:
+        return super().get_label_uri(label_id, label_tag) if _is_plain_name(label_id, label_tag) else ""
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
         with FileLock(self._lock_file):
@@ -146,6 +160,18 @@ class SSCASEDatastore(LocalDatastore):
                 write()
         else:
             write()
+
+
+def _is_plain_name(*names: str) -> bool:
+    """Whether every name is one file-name component (no separator, no NUL, not ``.`` or ``..``)."""
+    return all(
+        isinstance(n, str) and n not in ("", ".", "..") and not any(c in n for c in ("/", "\\", "\0")) for n in names
+    )
+
+
+def _status_of(reason: str) -> int:
+    """413 for a file over the size limit, else 422 (readable request, unusable content)."""
+    return 413 if "exceeds the limit" in reason else 422
 
 
 def _copy_atomically(source: str, target: str) -> None:

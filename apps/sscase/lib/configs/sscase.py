@@ -13,13 +13,13 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.generic import strtobool
-from sscase_monai.training import TrainingConfig
 
 import lib.infers
 import lib.scoring
 import lib.trainers
 from lib.activelearning import HighestScore
 from sscase_monai.model_files import DEFAULT_LABELS, ModelSpec
+from sscase_monai.training import TrainingConfig
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,13 @@ from monailabel.utils.others.generic import strtobool
 
 from sscase_monai.data import split_by_exam
 from sscase_monai.model_files import ModelSpec, atomic_write_bytes, read_sidecar, sidecar_path
-from sscase_monai.training import EpochSummary, SemiSupervisedTrainer, TrainingCallback, TrainingConfig
+from sscase_monai.training import (
+    EpochSummary,
+    SemiSupervisedTrainer,
+    TrainingCallback,
+    TrainingConfig,
+    checkpoint_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +104,8 @@ class SSCASETrain(TrainTask):
             return {"status": "stopped", "resume": "start training again to continue from the last epoch"}
         published = self._publish(result.model_path, result)
         progress.finish(result)
+        # the run is complete: the next Train starts a new one instead of "resuming" into nothing left to do
+        checkpoint_path(out_dir).unlink(missing_ok=True)
         return {"status": "done", "model": published, "best_val_dice": result.best_val_dice}
 
     def _training_config(self, options: dict[str, Any]) -> TrainingConfig:
