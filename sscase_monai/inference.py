@@ -7,6 +7,7 @@ and restoration of the prediction to the original image size and geometry.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,7 +19,10 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
+from monai.networks.nets.efficientnet import EfficientNet, MBConvBlock
 from monai.transforms import Compose, MapTransform
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from sscase_monai import io
 from sscase_monai.model_files import ModelSpec, load_model
@@ -76,6 +80,71 @@ def restore_prediction(
     """``(C, S, S)`` network-size probabilities -> (``(H, W)`` uint8 mask, ``(C, H, W)`` probabilities) on the grid."""
     restored = np.asarray(resize_probabilities_to(probabilities.float().cpu(), geometry.shape_hw), np.float32)
     return mask_from_probabilities(restored, threshold), restored
+
+
+# (conv, the batch norm right after it) in MONAI's EfficientNet modules: SS_CASE_UNet's encoder, FlexibleUNet's backbone
+_CONV_BN_PAIRS: tuple[tuple[type[nn.Module], tuple[tuple[str, str], ...]], ...] = (
+    (MBConvBlock, (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))),
+    (EfficientNet, (("_conv_stem", "_bn0"), ("_conv_head", "_bn1"))),
+)
+
+
+def _fold_symmetric_padding(module: nn.Module, conv_name: str) -> bool:
+    """Move a symmetric zero "same" padding (MONAI's ``<conv>_padding``) into the convolution itself."""
+    pad = getattr(module, f"{conv_name}_padding", None)
+    conv = getattr(module, conv_name)
+    if not isinstance(pad, nn.ConstantPad2d) or pad.value != 0 or conv.padding_mode != "zeros":
+        return False
+    left, right, top, bottom = pad.padding
+    if left != right or top != bottom or tuple(conv.padding) != (0, 0):
+        return False
+    conv.padding = (top, left)
+    setattr(module, f"{conv_name}_padding", nn.Identity())
+    return True
+
+
+def optimize_for_inference(network: nn.Module, channels_last: bool | None = None, inplace: bool = False) -> nn.Module:
+    """The same network, faster for inference: eval mode, batch norm folded into the convolution before it, symmetric
+    zero paddings folded into their convolutions (MONAI EfficientNet blocks), and channels-last memory on the CPU.
+
+    Outputs equal the original's up to float rounding. Measured on 2 CPU threads at 256x256, batch 1: SS_CASE_UNet
+    and FlexibleUNet (EfficientNet encoders) 25-40 % faster, mostly from channels-last (``bench/run.py`` measures
+    it); networks with instance norm (MONAI ``UNet``, ``BasicUNet``) were as fast or slower in channels-last, so by
+    default they keep NCHW. Dropout layers are kept (MC-dropout still works), but the result has no batch norm left in
+    those blocks: use it for inference only.
+
+    Args:
+        network: the network (left untouched unless ``inplace``).
+        channels_last: channels-last memory format; ``None``: on the CPU, for networks without instance norm.
+        inplace: change ``network`` itself instead of a copy (for a network loaded just for inference).
+
+    Returns:
+        The optimised network in eval mode, on the same device.
+    """
+    network = (network if inplace else copy.deepcopy(network)).eval()
+    fused = padded = 0
+    for module in network.modules():
+        for owner, pairs in _CONV_BN_PAIRS:
+            if not isinstance(module, owner):
+                continue
+            for conv_name, bn_name in pairs:
+                conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+                if not isinstance(conv, nn.Conv2d):
+                    continue
+                if isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and bn.running_mean is not None:
+                    setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
+                    setattr(module, bn_name, nn.Identity())
+                    fused += 1
+                padded += _fold_symmetric_padding(module, conv_name)
+    if channels_last is None:
+        parameter = next(network.parameters(), None)
+        on_cpu = parameter is None or parameter.device.type == "cpu"
+        instance_norm = any(isinstance(m, nn.modules.instancenorm._InstanceNorm) for m in network.modules())
+        channels_last = on_cpu and not instance_norm
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last)
+    logger.debug("optimised for inference: %d conv+bn folded, %d paddings folded", fused, padded)
+    return network
 
 
 class ProbabilityInferer(Inferer):
@@ -187,9 +256,10 @@ class Predictor:
     def from_file(
         cls, path: str | os.PathLike, device: str | torch.device | None = None, tta: bool = False
     ) -> Predictor:
-        """Load a saved model (``model.pt`` + ``model.json``)."""
+        """Load a saved model (``model.pt`` + ``model.json``), optimised with :func:`optimize_for_inference`."""
         device = resolve_device(device)
         network, spec = load_model(path, device=device)
+        network = optimize_for_inference(network, inplace=True)
         logger.info("loaded model %s (%s, input %d) on %s", path, spec.encoder, spec.input_size, device)
         return cls(network, spec, device=device, tta=tta)
 

@@ -18,12 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.networks.nets import BasicUNet, FlexibleUNet
+from torch import nn
 
 from sscase_monai.networks import SSCASEUNet
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LABELS: dict[str, int] = {"cerebellum": 1}
+
+ARCHITECTURES: tuple[str, ...] = ("sscase_unet", "basic_unet", "flexible_unet")
+"""Networks a model file can hold: SS_CASE_UNet, and two MONAI baselines trained from scratch (``BasicUNet``,
+``FlexibleUNet``) that go through the same trainer, predictor and evaluation for comparisons."""
+
+BASELINE_BN_MOMENTUM = 0.1
+"""Batch-norm momentum of every ``flexible_unet`` batch-norm layer. MONAI's EfficientNet backbone uses TF-style 0.01;
+trained from scratch, its running statistics then lag and eval-mode predictions came out empty (measured here)."""
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -40,7 +50,13 @@ class ModelSpec:
         input_size: side of the square network input (images are resized to it and predictions back).
         denoise: whether images get the method's 5x5 median filter before the network.
         labels: label names and their values in masks, e.g. ``{"cerebellum": 1}``.
-        dropout: whether the network has its dropout layers (needed for MC-dropout scoring).
+        dropout: whether the network has its dropout layers (needed for MC-dropout scoring); SS_CASE_UNet only.
+        architecture: the network: ``"sscase_unet"`` (SS_CASE_UNet on ``encoder``), or a baseline trained from
+            scratch: ``"basic_unet"`` (MONAI ``BasicUNet``, 2-D, its default features; ``encoder`` is not used) or
+            ``"flexible_unet"`` (MONAI ``FlexibleUNet`` with ``encoder`` as its backbone, e.g.
+            ``"efficientnet-b0"``, batch-norm momentum :data:`BASELINE_BN_MOMENTUM`). Baselines have no encoder to
+            freeze, so they train in stages 2 and 3 only. Sidecars written before this field existed load as
+            ``"sscase_unet"``.
     """
 
     encoder: str = "efficientnet-lite0"
@@ -50,8 +66,16 @@ class ModelSpec:
     denoise: bool = True
     labels: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LABELS))
     dropout: bool = True
+    architecture: str = "sscase_unet"
 
     def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        if self.architecture == "flexible_unet" and self.encoder not in _flexible_unet_backbones():
+            raise ValueError(
+                f"a flexible_unet's encoder must be a MONAI FlexibleUNet backbone such as 'efficientnet-b0', "
+                f"got {self.encoder!r}"
+            )
         if self.input_size <= 0 or self.input_size % 32:
             raise ValueError(f"input_size must be a positive multiple of 32, got {self.input_size!r}")
         if self.out_channels < 1:
@@ -78,15 +102,39 @@ class ModelSpec:
         out_channels = 1 if len(labels) == 1 else len(labels) + 1
         return cls(labels=labels, out_channels=out_channels, **kwargs)
 
-    def build_network(self, pretrained: bool | str | os.PathLike | None = None) -> SSCASEUNet:
-        """A new network of this spec (``pretrained``: encoder weights, see ``SSCASEUNet``)."""
-        return SSCASEUNet(
+    def build_network(self, pretrained: bool | str | os.PathLike | None = None) -> nn.Module:
+        """A new network of this spec, returning logits ``(B, out_channels, H, W)``.
+
+        Args:
+            pretrained: SS_CASE_UNet's encoder weights (see ``SSCASEUNet``). Baselines train from scratch: they take
+                only ``None``/``False`` (MONAI would download ImageNet weights otherwise).
+
+        Raises:
+            ValueError: pretrained weights asked for a baseline.
+        """
+        if self.architecture == "sscase_unet":
+            return SSCASEUNet(
+                in_channels=self.in_channels,
+                out_channels=self.out_channels,
+                encoder=self.encoder,
+                pretrained=pretrained,
+                dropout=self.dropout,
+            )
+        if pretrained:
+            raise ValueError(f"the {self.architecture} baseline trains from scratch; got pretrained={pretrained!r}")
+        if self.architecture == "basic_unet":
+            return BasicUNet(spatial_dims=2, in_channels=self.in_channels, out_channels=self.out_channels)
+        network = FlexibleUNet(
             in_channels=self.in_channels,
             out_channels=self.out_channels,
-            encoder=self.encoder,
-            pretrained=pretrained,
-            dropout=self.dropout,
+            backbone=self.encoder,
+            pretrained=False,
+            spatial_dims=2,
         )
+        for module in network.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = BASELINE_BN_MOMENTUM
+        return network
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,6 +147,12 @@ class ModelSpec:
         if unknown:
             logger.warning("ignoring unknown model settings %s", unknown)
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _flexible_unet_backbones() -> tuple[str, ...]:
+    from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
+
+    return tuple(FLEXUNET_BACKBONE.register_dict)
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:
@@ -174,8 +228,8 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_model(
     path: str | os.PathLike, device: str | torch.device = "cpu", spec: ModelSpec | None = None
-) -> tuple[SSCASEUNet, ModelSpec]:
-    """Rebuild a saved network in eval mode on ``device``.
+) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild a saved network (SS_CASE_UNet or a baseline, as its spec says) in eval mode on ``device``.
 
     Raises:
         FileNotFoundError: no file at ``path``.

@@ -49,6 +49,17 @@ def test_serve_dry_run_binds_loopback_by_default(tmp_path):
     assert sample_counts(tmp_path / "sample-data") == sample_counts(SAMPLE_DATA)
 
 
+def test_server_environment_defaults_keep_what_the_user_set():
+    from sscase_monai.cli.serve import server_environment
+
+    env = server_environment({"PATH": "/usr/bin"})
+    assert env["MONAI_LABEL_TRACKING_ENABLED"] == "false"  # no MLflow unless configured
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"  # infers beside a training do not spin against it
+    assert env["PATH"] == "/usr/bin"
+    user = server_environment({"OMP_WAIT_POLICY": "ACTIVE", "MONAI_LABEL_TRACKING_ENABLED": "true"})
+    assert user["OMP_WAIT_POLICY"] == "ACTIVE" and user["MONAI_LABEL_TRACKING_ENABLED"] == "true"
+
+
 def test_bundled_sample_data_is_a_studies_folder():
     total, labelled = sample_counts(SAMPLE_DATA)
     assert 12 <= total <= 24, total

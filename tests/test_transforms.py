@@ -335,6 +335,51 @@ def test_paper_augment_variants_flip_and_zoom():
     assert torch.equal(original["image"], item["image"])
 
 
+def test_zoom_of_gray_replicated_to_rgb_equals_zooming_every_channel():
+    from monai.transforms import Zoomd
+
+    rng = np.random.default_rng(0)
+    gray = torch.from_numpy(rng.random((1, 64, 64), dtype=np.float32))
+    item = {"image": gray.repeat(3, 1, 1), "label": torch.from_numpy(_disc_label(64, 64)[None].astype(np.uint8))}
+    zoomed = T.RandCentreZoomd(prob=1.0)(item)
+    expected = Zoomd(["image", "label"], zoom=1.2, mode=["bilinear", "nearest-exact"], keep_size=True)(item)
+    assert zoomed["image"].shape == (3, 64, 64) and zoomed["label"].dtype == torch.uint8
+    torch.testing.assert_close(zoomed["image"].as_tensor(), expected["image"].as_tensor(), rtol=0, atol=1e-6)
+    assert torch.equal(zoomed["label"].as_tensor(), expected["label"].as_tensor().to(torch.uint8))
+    rgb = {"image": torch.from_numpy(rng.random((3, 64, 64), dtype=np.float32))}  # different channels: each zoomed
+    zoomed_rgb = T.RandCentreZoomd("image", prob=1.0)(rgb)["image"]
+    expected_rgb = Zoomd("image", zoom=1.2, mode="bilinear", keep_size=True)(rgb)["image"]
+    torch.testing.assert_close(zoomed_rgb.as_tensor(), expected_rgb.as_tensor())
+
+
+@pytest.mark.parametrize("kernel_size", [1, 2, 3, 4, 5, 6])
+def test_binary_morphology_is_exactly_scipys_square_min_max_filters(kernel_size):
+    rng = np.random.default_rng(kernel_size)
+    mask = (rng.random((23, 31)) > 0.7).astype(np.uint8)
+    mask[:4, :6] = 1  # touching the border
+    size = (kernel_size, kernel_size)
+    grow = ndimage.maximum_filter(mask, size=size, mode="nearest")
+    shrink = ndimage.minimum_filter(mask, size=size, mode="nearest")
+    expected = {
+        "dilate": grow,
+        "erode": shrink,
+        "open": ndimage.maximum_filter(shrink, size=size, mode="nearest"),
+        "close": ndimage.minimum_filter(grow, size=size, mode="nearest"),
+    }
+    for operation, values in expected.items():
+        np.testing.assert_array_equal(T.perturb_mask(mask, operation, kernel_size), values, err_msg=operation)
+
+
+def test_mask_morphology_of_uint8_and_int64_labels_agree():
+    mask = np.zeros((1, 30, 30), np.int64)
+    mask[0, 5:14, 5:14] = 1
+    mask[0, 15:25, 15:25] = 2
+    for operation in T.MORPHOLOGY_OPERATIONS:
+        as_uint8 = T.perturb_mask(torch.from_numpy(mask.astype(np.uint8)), operation, 3)
+        assert as_uint8.dtype == torch.uint8
+        np.testing.assert_array_equal(as_uint8.numpy(), T.perturb_mask(mask, operation, 3))
+
+
 def test_train_transforms_seeded_draws_are_reproducible(tmp_path):
     image_path = _png(tmp_path / "a.png", _gray(100, 80))
     label_path = _png(tmp_path / "a_label.png", _disc_label(100, 80))

@@ -201,7 +201,8 @@ class SemiSupervisedTrainer:
 
         Raises:
             ValueError: unusable data (every bad file named; ``DataValidationError`` for labelled pairs), a model
-                file that does not fit, a checkpoint of another model, or CUDA requested without a GPU.
+                file that does not fit, a checkpoint of another model, CUDA requested without a GPU, or stage 1 for
+                a baseline network (``ModelSpec.architecture``) that has no encoder to freeze.
             FileNotFoundError: a missing ``init_weights`` file.
         """
         self._session_start = time.monotonic()
@@ -236,6 +237,11 @@ class SemiSupervisedTrainer:
         seed_everything(self.config.seed)
         self._configure_backends()
         self.model = self._build_model(state)
+        if 1 in self.config.run_stages and not callable(getattr(self.model, "freeze_encoder", None)):
+            raise ValueError(
+                f"stage 1 (decoder-only) freezes the encoder, but a {self.spec.architecture!r} network has no "
+                f"freeze_encoder(); run stages (2,) or (2, 3) for it, got run_stages={self.config.run_stages!r}"
+            )
         self.loss_fn = SegmentationLoss(self.spec.out_channels)
         activation = "sigmoid" if self.spec.out_channels == 1 else "softmax"
         self.consistency_fn = ConsistencyLoss(self.config.consistency_weight, activation=activation)
@@ -476,7 +482,8 @@ class SemiSupervisedTrainer:
             model.freeze_encoder()
             parameters = list(model.decoder_parameters())
         else:
-            model.unfreeze_encoder()
+            if hasattr(model, "unfreeze_encoder"):  # baselines (ModelSpec.architecture) have no encoder to freeze
+                model.unfreeze_encoder()
             parameters = list(model.parameters())
         optimizer = Adam(parameters, lr=settings.lr)
         scheduler = plateau_scheduler(optimizer, settings)

@@ -18,7 +18,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.generic import strtobool
 
 from sscase_monai import io
-from sscase_monai.inference import ProbabilityInferer, RestoreToOriginald
+from sscase_monai.inference import ProbabilityInferer, RestoreToOriginald, optimize_for_inference
 from sscase_monai.model_files import ModelSpec, load_model
 from sscase_monai.transforms import build_preprocess
 
@@ -70,7 +70,7 @@ class SSCASEInfer(BasicInferTask):
         return True
 
     def current_model(self, device: str) -> tuple[torch.nn.Module, ModelSpec]:
-        """The network and spec of the newest model file, loaded once per file version and device."""
+        """The newest model file's network (optimised for inference) and spec, loaded once per version and device."""
         path = self.get_path()
         if not path:
             raise NoModelError(self.path)
@@ -79,6 +79,7 @@ class SSCASEInfer(BasicInferTask):
             cached = self._loaded.get(device)
             if cached is None or cached[2] != version:
                 network, spec = load_model(path, device=device)
+                network = optimize_for_inference(network, inplace=True)
                 self._loaded[device] = (network, spec, version)
                 logger.info("infer model %s loaded on %s", path, device)
             network, spec, _ = self._loaded[device]
