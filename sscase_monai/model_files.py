@@ -31,6 +31,13 @@ ARCHITECTURES: tuple[str, ...] = ("sscase_unet", "basic_unet", "flexible_unet")
 """Networks a model file can hold: SS_CASE_UNet, and two MONAI baselines trained from scratch (``BasicUNet``,
 ``FlexibleUNet``) that go through the same trainer, predictor and evaluation for comparisons."""
 
+ARCHITECTURE_TITLES: dict[str, str] = {
+    "sscase_unet": "SS_CASE_UNet",
+    "basic_unet": "MONAI BasicUNet",
+    "flexible_unet": "MONAI FlexibleUNet",
+}
+"""How tables and reports name each architecture."""
+
 BASELINE_BN_MOMENTUM = 0.1
 """Batch-norm momentum of every ``flexible_unet`` batch-norm layer. MONAI's EfficientNet backbone uses TF-style 0.01;
 trained from scratch, its running statistics then lag and eval-mode predictions came out empty (measured here)."""

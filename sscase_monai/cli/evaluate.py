@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table, write the CSV (and the report)."""
     from sscase_monai.data import pair_images_with_labels, validate_labelled_pairs
     from sscase_monai.evaluation import evaluate_model
+    from sscase_monai.model_files import ARCHITECTURE_TITLES
 
     pairs = pair_images_with_labels(args.images, args.labels)
     predictor = load_predictor(args)
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         keep_cases=REPORT_CASES if args.report else 0,
     )
-    name = "SS_CASE_UNet + TTA" if args.tta else "SS_CASE_UNet"
+    name = ARCHITECTURE_TITLES[predictor.spec.architecture] + (" + TTA" if args.tta else "")
     table = result.table(name=name)
     print(f"{len(result.records)} image(s), model {args.model}, device {predictor.device}")
     print(table, end="")
