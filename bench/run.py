@@ -851,17 +851,21 @@ NOTES = [
     "- CPU shared with another torch process (a training started from Slicer beside the server, or any other job): "
     "with OpenMP's default active wait both processes spin at every parallel region. With a 2-thread training "
     "running, SS_CASE_UNet batch 1 took 1309 ms median with the default policy, 57 ms with "
-    "`OMP_WAIT_POLICY=PASSIVE`, 52 ms on 1 thread (rechecked before the change: 1300 vs 59 ms). So "
+    "`OMP_WAIT_POLICY=PASSIVE`, 52 ms on 1 thread (rechecked before the change: 1300 vs 59 ms; beside the app's "
+    "own `sscase-monai train` on the sample data 99 vs 57 ms; `GOMP_SPINCOUNT=10000` instead: 107 ms). So "
     "`sscase-monai serve` now starts the server with `OMP_WAIT_POLICY=PASSIVE` unless the user set the variable "
     "(`server_environment()`; MONAI Label's training subprocess inherits it), and the server rows above run with it; "
-    "the `optimized, OMP passive` row shows what the policy costs a lone process on this run's machine.",
+    "the `optimized, OMP passive` row shows what the policy costs a lone process on this run's machine (and CPU "
+    "training, which inherits it: 8.0 -> 7.1 img/s for `sscase-monai train --studies sample-data --stages 2 "
+    "--epochs 1`). A Run that stays fast while a training runs was judged worth more; `OMP_WAIT_POLICY=ACTIVE` "
+    "before `serve` restores the other trade-off.",
     "- Infer by datastore id (what Slicer's Run sends after Next Sample) reads the image inside the studies folder, "
-    "which MONAI Label's datastore watches with watchdog/inotify for all events: every open and close of the file "
-    "wakes the watcher thread. Loading the PNG took 5.9 ms instead of 3.7 ms in-process (the `load` column of the "
-    "datastore-id rows shows it under load); scheduling the observer with `event_filter=[FileCreatedEvent, "
-    "FileDeletedEvent, FileModifiedEvent, FileMovedEvent]` (watchdog 7) brought it back to 3.8 ms. Proposed for "
-    "`apps/sscase/lib/datastore.py`, not done: ~2 ms of a ~90 ms request, and it means re-scheduling MONAI Label's "
-    "private observer.",
+    "which MONAI Label's datastore watched with watchdog/inotify for every event: each open and close of the file "
+    "woke the watcher thread, which then waited for the GIL held by the request. On a quiet CPU (2026-11-28 06:07, "
+    "before the change) loading took 22-24 ms by id against 5-9 ms for the same file uploaded, and the by-id round "
+    "trip was 101-103 ms against 85-88 ms. `SSCASEDatastore` now re-schedules the watcher for the events its "
+    "handler uses (created, deleted, modified, moved; `tests/test_datastore.py`); compare the `load` column of the "
+    "datastore-id rows above.",
     "- Not waste (measured, left alone): the model is loaded once per file version (the log count above); "
     "`instance.info()`, which MONAI Label calls on every infer, costs ~0.3 ms even with 1000 images in the "
     "datastore; request logging is a few lines per request.",
