@@ -42,7 +42,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from run import SAMPLE_DATA, STARTER_MODEL, machine, stats  # noqa: E402  (bench/run.py)
+from run import SAMPLE_DATA, STARTER_MODEL, machine, stats, time_calls  # noqa: E402  (bench/run.py)
 
 GOAL_IMAGES_PER_SECOND = 800.0
 
@@ -200,13 +200,7 @@ def inference_latency(device: str, input_size: int, reps: int, warmup: int) -> l
                     inferer(x, network)
                     synchronize()
 
-                for _ in range(warmup):
-                    call()
-                times = []
-                for _ in range(reps):
-                    start = time.perf_counter()
-                    call()
-                    times.append(time.perf_counter() - start)
+                times = time_calls(call, warmup, reps)
                 rows.append({"channels_last": channels_last, "batch": batch, "tta": tta, **stats(times)})
     return rows
 
