@@ -58,6 +58,9 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 SECTION_TITLE = "## Speed and memory (issue #6)"
 RESULTS_FILE = REPO_ROOT / "bench" / "RESULTS.md"
+RESULTS_HEADER = (
+    "# sscase-monai benchmarks\n\nEach section says how it was measured and gives the commands that reproduce it.\n"
+)
 STARTER_MODEL = REPO_ROOT / "apps" / "sscase" / "starter" / "sscase_starter.pt"
 SAMPLE_DATA = REPO_ROOT / "sample-data"
 SHARED_DATA = Path(os.environ.get("SSCASE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -890,10 +893,7 @@ def replace_section(text: str, section: str) -> str:
 
 
 def write_results(section: str, path: Path = RESULTS_FILE) -> None:
-    header = (
-        "# sscase-monai benchmarks\n\nEach section says how it was measured and gives the commands that reproduce it.\n"
-    )
-    text = path.read_text() if path.is_file() else header
+    text = path.read_text() if path.is_file() else RESULTS_HEADER
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(replace_section(text, section))
     os.replace(tmp, path)

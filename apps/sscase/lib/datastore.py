@@ -90,7 +90,7 @@ class SSCASEDatastore(LocalDatastore):
             array, _ = io.read_image(image_filename, max_pixels=self.max_pixels)
         except io.ImageReadError as e:
             reason = str(e).replace(str(image_filename), "the uploaded file")  # the client never saw our temp name
-            raise HTTPException(_status_of(reason), f"image {image_id!r} refused: {reason}") from e
+            raise HTTPException(refusal_status(reason), f"image {image_id!r} refused: {reason}") from e
         if array.ndim == 3 and array.shape[-1] == 4 and (array[..., 3] != array[..., 3].max()).any():
             raise HTTPException(422, f"image {image_id!r} has transparency (RGBA with a varying alpha channel)")
         image_id = image_id or self._to_id(os.path.basename(image_filename))[0]
@@ -117,7 +117,7 @@ class SSCASEDatastore(LocalDatastore):
                 for p in problems
             ]
             detail = "; ".join(shown)
-            raise HTTPException(_status_of(detail), f"label for image {image_id!r} refused: {detail}")
+            raise HTTPException(refusal_status(detail), f"label for image {image_id!r} refused: {detail}")
         _, ext = self._to_id(os.path.basename(label_filename))
         name = self._filename(image_id, ext)
         folder = self._datastore.label_path(label_tag)
@@ -192,8 +192,8 @@ def _is_plain_name(*names: str) -> bool:
     )
 
 
-def _status_of(reason: str) -> int:
-    """413 for a file over the size limit, else 422 (readable request, unusable content)."""
+def refusal_status(reason: str) -> int:
+    """HTTP status for refusing an unusable image or label: 413 for one over the pixel limit, else 422."""
     return 413 if "exceeds the limit" in reason else 422
 
 

@@ -17,6 +17,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.generic import strtobool
 
+from lib.datastore import refusal_status
 from sscase_monai import io
 from sscase_monai.inference import ProbabilityInferer, RestoreToOriginald, optimize_for_inference
 from sscase_monai.model_files import ModelSpec, load_model
@@ -125,7 +126,7 @@ class SSCASEInfer(BasicInferTask):
         except HTTPException:
             raise
         except io.ImageReadError as e:
-            raise HTTPException(status_code=413 if "exceeds the limit" in str(e) else 422, detail=str(e)) from e
+            raise HTTPException(status_code=refusal_status(str(e)), detail=str(e)) from e
         except RuntimeError as e:  # MONAI's Compose wraps a transform's error; show the cause
             cause = e.__cause__
             if isinstance(cause, io.ImageReadError | ValueError):
