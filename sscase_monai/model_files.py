@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -183,6 +184,12 @@ def atomic_write_bytes(path: str | os.PathLike, write: Any) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_copy(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Copy a file so that readers of ``target`` see its old or its complete new content, never a partial file."""
+    with open(source, "rb") as f:
+        return atomic_write_bytes(target, lambda out: shutil.copyfileobj(f, out))
 
 
 def save_model(

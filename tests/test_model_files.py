@@ -17,6 +17,7 @@ from sscase_monai.model_files import (
     ARCHITECTURES,
     BASELINE_BN_MOMENTUM,
     ModelSpec,
+    atomic_copy,
     atomic_write_bytes,
     load_model,
     read_sidecar,
@@ -153,6 +154,16 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
         atomic_write_bytes(target, fail)
     assert target.read_text() == "old"
     assert _files(tmp_path) == ["model.json", "model.pt", "notes.txt"]
+
+
+def test_atomic_copy_replaces_the_target_whole_and_keeps_open_permissions(tmp_path):
+    source, target = tmp_path / "new.bin", tmp_path / "published.bin"
+    source.write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    target.write_bytes(b"old")
+    assert atomic_copy(source, target) == target
+    assert target.read_bytes() == source.read_bytes()
+    assert _files(tmp_path) == ["new.bin", "published.bin"]
+    assert target.stat().st_mode & 0o777 == source.stat().st_mode & 0o777
 
 
 def test_mismatched_file_is_a_clear_error(tmp_path):

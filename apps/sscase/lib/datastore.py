@@ -18,7 +18,7 @@ from watchdog.events import FileCreatedEvent, FileDeletedEvent, FileModifiedEven
 
 from sscase_monai import io
 from sscase_monai.data import check_labelled_pair
-from sscase_monai.model_files import atomic_write_bytes
+from sscase_monai.model_files import atomic_copy, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class SSCASEDatastore(LocalDatastore):
         name = self._filename(image_id, ext)
         with FileLock(self._lock_file):
             self._reload_index()
-            _copy_atomically(image_filename, os.path.join(self._datastore.image_path(), name))
+            atomic_copy(image_filename, os.path.join(self._datastore.image_path(), name))
             info = {**(image_info or {}), "ts": int(time.time()), "name": name}
             self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
             self._update_datastore_file(lock=False)
@@ -124,7 +124,7 @@ class SSCASEDatastore(LocalDatastore):
         with FileLock(self._lock_file):
             self._reload_index()
             os.makedirs(folder, exist_ok=True)
-            _copy_atomically(label_filename, os.path.join(folder, name))
+            atomic_copy(label_filename, os.path.join(folder, name))
             for other in self._label_files(image_id, label_tag):
                 if os.path.basename(other) != name:  # a label saved earlier in another format would shadow this one
                     os.remove(other)
@@ -195,10 +195,3 @@ def _is_plain_name(*names: str) -> bool:
 def refusal_status(reason: str) -> int:
     """HTTP status for refusing an unusable image or label: 413 for one over the pixel limit, else 422."""
     return 413 if "exceeds the limit" in reason else 422
-
-
-def _copy_atomically(source: str, target: str) -> None:
-    """Copy a file so that readers see either the old or the complete new content, never a partial file."""
-    with open(source, "rb") as f:
-        content = f.read()
-    atomic_write_bytes(target, lambda out: out.write(content))

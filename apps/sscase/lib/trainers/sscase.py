@@ -16,7 +16,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.generic import strtobool
 
 from sscase_monai.data import split_by_exam
-from sscase_monai.model_files import ModelSpec, atomic_write_bytes, read_sidecar, sidecar_path
+from sscase_monai.model_files import ModelSpec, atomic_copy, atomic_write_bytes, read_sidecar, sidecar_path
 from sscase_monai.training import (
     EpochSummary,
     SemiSupervisedTrainer,
@@ -135,10 +135,8 @@ class SSCASETrain(TrainTask):
     def _publish(self, model_path: str, result: Any) -> str:
         """Copy the run's best model (and its sidecar) to the published path: sidecar first, both atomically."""
         extra = {**read_sidecar(model_path), "published": time.strftime("%Y-%m-%d %H:%M:%S")}
-        with open(model_path, "rb") as f:
-            content = f.read()
         atomic_write_bytes(sidecar_path(self.publish_path), lambda out: out.write(json.dumps(extra, indent=2).encode()))
-        atomic_write_bytes(self.publish_path, lambda out: out.write(content))
+        atomic_copy(model_path, self.publish_path)
         logger.info("published %s -> %s (val Dice %.4f)", model_path, self.publish_path, result.best_val_dice)
         return self.publish_path
 
