@@ -42,7 +42,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from run import SAMPLE_DATA, STARTER_MODEL, machine, stats, time_calls  # noqa: E402  (bench/run.py)
+from common import SAMPLE_DATA, STARTER_MODEL, machine, stats, time_calls  # noqa: E402  (bench/common.py)
 
 GOAL_IMAGES_PER_SECOND = 800.0
 
