@@ -557,6 +557,19 @@ def test_an_unknown_scoring_method_is_a_404_and_starts_nothing(server):
     assert response.status_code == 200 and response.json()["scored"] >= 1, detail(response)
 
 
+def test_batch_infer_leaves_out_the_images_it_refuses(server):
+    """One unusable image in the datastore ended MONAI Label's whole batch infer; now it is left out, with why."""
+    images = ["case_000", "bad_empty", "bad_nan", "bad_blank_png", "case_006"]
+    response = send("POST", server, "/batch/infer/sscase?run_sync=true", json={"images": images, "label_tag": "batch"})
+    assert response.status_code == 200, detail(response)
+    result = response.json()
+    assert "the file is empty" in result["bad_empty"]["refused"]
+    assert "NaN or infinite values" in result["bad_nan"]["refused"]
+    assert "the image is blank" in result["bad_blank_png"]["refused"]
+    assert "/tmp/" not in json.dumps(result) and str(server.studies) not in json.dumps(result)
+    assert {io.image_stem(p) for p in (server.studies / "labels" / "batch").iterdir()} == {"case_000", "case_006"}
+
+
 def test_infer_without_a_trained_model_is_a_409(server):
     published = server.model_dir / "sscase.pt"
     aside = server.model_dir / "aside.bin"

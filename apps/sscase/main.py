@@ -128,7 +128,18 @@ class SSCASEApp(MONAILabelApp):
         if not torch.cuda.is_available():
             # MONAI Label spreads batch infer over the GPUs it counts; with none it would divide by zero
             request = {**request, "multi_gpu": False, "device": "cpu"}
-        return super().batch_infer(request, datastore)
+        return self._batch_infer(request, datastore or self.datastore(), self._infer_or_skip)
+
+    def _infer_or_skip(self, request: dict, datastore: Datastore | None = None) -> dict:
+        """One image of a batch infer: an image the server refuses (unreadable, blank, ...) is logged and left out,
+        instead of ending the whole batch there."""
+        try:
+            return self.infer(request, datastore)
+        except HTTPException as e:
+            if e.status_code >= 500:
+                raise
+            logger.warning("batch infer: %s left out: %s", request.get("image"), e.detail)
+            return {"label": None, "refused": e.detail}
 
     def bundle_path(self, model: str | None) -> str | None:
         # the one app hook the server calls before it starts a background train or batch infer: an unknown model
