@@ -20,7 +20,7 @@ from sscase_monai.training.config import (
     TrainingConfig,
 )
 from sscase_monai.training.distributed import DistributedContext, setup_distributed
-from sscase_monai.training.pseudo_labelling import PSEUDO_LABEL_CSV, PSEUDO_LABEL_DIR, PseudoLabelRecord
+from sscase_monai.training.pseudo_label_files import PSEUDO_LABEL_CSV, PSEUDO_LABEL_DIR, PseudoLabelRecord
 from sscase_monai.training.results import (
     HISTORY_COLUMNS,
     StageResult,

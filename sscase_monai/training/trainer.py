@@ -66,7 +66,7 @@ from sscase_monai.training.distributed import (
 )
 from sscase_monai.training.epoch_loop import EpochLoop
 from sscase_monai.training.loaders import batches, preprocess_items
-from sscase_monai.training.pseudo_labelling import PseudoLabelRecord, generate_pseudo_labels, pseudo_label_paths
+from sscase_monai.training.pseudo_label_files import PseudoLabelRecord, generate_pseudo_labels, pseudo_label_paths
 from sscase_monai.training.results import StageResult, TrainingPlan, TrainingResult, json_safe
 from sscase_monai.training.run_log import RunLog
 from sscase_monai.training.schedule import EarlyStopping
