@@ -7,13 +7,18 @@ end marker is kept).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,39 @@ RESULTS_HEADER = (
 STARTER_MODEL = REPO_ROOT / "apps" / "sscase" / "starter" / "sscase_starter.pt"
 SAMPLE_DATA = REPO_ROOT / "sample-data"
 SHARED_DATA = Path(os.environ.get("SSCASE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+INPUT_SIZE = 256
+"""The network input side the speed benchmarks measure at (the method's)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much the speed benchmarks measure (``bench/run.py`` runs them all with one plan)."""
+
+    name: str
+    models: tuple[str, ...]
+    warmup: int
+    reps_b1: int
+    reps_b8: int
+    reps_tta: int
+    requests: int
+    load_clients: int
+    load_infers: int
+    train_images: int
+
+
+FULL = Plan(
+    "full",
+    ("sscase_unet", "sscase_unet_b0", "flexible_unet_b0", "monai_unet", "basic_unet"),
+    3,
+    30,
+    10,
+    20,
+    30,
+    8,
+    10,
+    64,
+)
+QUICK = Plan("quick", ("sscase_unet", "flexible_unet_b0", "monai_unet"), 2, 10, 3, 6, 10, 8, 3, 16)
 
 
 def stats(seconds: Sequence[float]) -> dict[str, float]:
@@ -72,6 +110,30 @@ def thread_env(threads: int, passive: bool) -> dict[str, str]:
     if passive:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     return env
+
+
+def run_worker(
+    script: Path, kind: str, job: Mapping[str, Any], env: Mapping[str, str], timeout: float = 900.0
+) -> dict[str, Any]:
+    """Run ``script --worker KIND JOB OUT`` in a fresh interpreter (its own memory peak, nothing cached from another
+    measurement) and return the JSON it wrote to ``OUT``."""
+    with tempfile.TemporaryDirectory(prefix="sscase-bench-") as tmp:
+        result = Path(tmp) / "result.json"
+        env = {**os.environ, **env, "PYTHONWARNINGS": "ignore"}
+        command = [sys.executable, str(Path(script).resolve()), "--worker", kind, json.dumps(job), str(result)]
+        done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0 or not result.is_file():
+            raise RuntimeError(f"worker {kind} {job.get('model', '')} failed:\n{done.stderr[-3000:]}")
+        return json.loads(result.read_text())
+
+
+def serve_worker(workers: Mapping[str, Callable[[dict[str, Any]], Any]], kind: str, job: str, out: str) -> int:
+    """The worker side of :func:`run_worker`: run ``workers[kind]`` on the JSON job, write its result to ``out``
+    (``-``: the worker talks on stdin/stdout itself)."""
+    result = workers[kind](json.loads(job))
+    if out != "-":
+        Path(out).write_text(json.dumps(result))
+    return 0
 
 
 def load_average() -> float:

@@ -15,8 +15,9 @@ Every configuration trains through the project's ``SemiSupervisedTrainer`` (base
 per-epoch validation), split over the stages it runs (SS_CASE_UNet: 20/50/30 % for stages 1/2/3, the paper's epoch
 ratio). Before a run the script measures training and validation images/s of each network on a few HC18 images
 (same augmentation, channels-last, Adam step as the trainer) and turns the budget into epochs x samples per image
-(~800 samples per epoch). Stage 3's training set size is known only after pseudo-labelling, so the stage-2 model
-first counts the accepted images (the same rule), then stage 3 runs as its own trainer from ``stage2_best.pt``.
+(~800 samples per epoch). Stage 3's training set size is known only after pseudo-labelling: the trainer re-plans
+stage 3 when it starts (``SemiSupervisedTrainer(stage_planner=...)``), so all stages run in one trainer. The
+throughput is measured with the trainer's own epoch loop (``training.EpochLoop``) on a few HC18 images.
 
 Each stage's best model (``stage{n}_best.pt``) is scored with ``evaluation.evaluate_model`` on the 87 validation
 images, on each image's original grid, HD95 in mm from ``val/pixel_size_and_hc.csv`` (no test-time augmentation).
@@ -58,7 +59,6 @@ from torch.optim import Adam  # noqa: E402
 from sscase_monai.data import pair_images_with_labels, split_by_exam  # noqa: E402
 from sscase_monai.evaluation import evaluate_model, find_pixel_size_csv, read_pixel_size_csv  # noqa: E402
 from sscase_monai.inference import Predictor  # noqa: E402
-from sscase_monai.losses import SegmentationLoss  # noqa: E402
 from sscase_monai.metrics import format_metrics_table  # noqa: E402
 from sscase_monai.model_files import ModelSpec  # noqa: E402
 from sscase_monai.training import (  # noqa: E402
@@ -66,12 +66,14 @@ from sscase_monai.training import (  # noqa: E402
     EpochSummary,
     PseudoLabelConfig,
     SemiSupervisedTrainer,
+    StagePlan,
     TrainingCallback,
     TrainingConfig,
-    stage_model_path,
 )
+from sscase_monai.training.distributed import DistributedContext  # noqa: E402
+from sscase_monai.training.epoch_loop import EpochLoop  # noqa: E402
 from sscase_monai.training.loaders import batches, build_train_loader, preprocess_items  # noqa: E402
-from sscase_monai.training.pseudo_labelling import generate_pseudo_labels  # noqa: E402
+from sscase_monai.training.stage_loop import stage_parameters  # noqa: E402
 
 logger = logging.getLogger("hc18_accuracy")
 
@@ -229,52 +231,35 @@ def label_subset(train: Sequence[Mapping[str, str]], size: int) -> list[Mapping[
 
 
 def measure_speed(
-    spec: ModelSpec, cache: Sequence[dict[str, torch.Tensor]], frozen: bool, batch_size: int, chunks: int = 6
+    spec: ModelSpec, cache: Sequence[dict[str, torch.Tensor]], frozen: bool, batch_size: int, epochs: int = 4
 ) -> dict[str, float]:
-    """Training images/s (augmentation + forward + backward + Adam step, channels-last, as the trainer runs it) and
-    validation images/s (eval forward) of a fresh network.
+    """Training images/s (the trainer's own ``EpochLoop``: augmentation, forward, backward, Adam step) and validation
+    images/s (``EpochLoop.validate``) of a fresh network, frozen encoder or not.
 
-    Each is the fastest of ``chunks`` timed chunks (2 training steps; one pass over ``cache``), i.e. the speed of the
-    CPU when nobody else uses it: the budget is in minutes of an idle machine, so every configuration gets the
-    samples its own speed allows even when other jobs slow a measurement down.
+    Each is the fastest of ``epochs`` short epochs after a warm-up one (about 12 steps each), i.e. the speed of the CPU
+    when nobody else uses it: the budget is in minutes of an idle machine, so every configuration gets the samples its
+    own speed allows even when other jobs slow a measurement down.
     """
-    network = spec.build_network().to(memory_format=torch.channels_last).train()
-    if frozen:
-        network.freeze_encoder()
-        parameters = list(network.decoder_parameters())
-    else:
-        parameters = list(network.parameters())
-    optimizer = Adam(parameters, lr=1e-4)
-    loss_fn = SegmentationLoss(spec.out_channels)
-    warmup, chunk = 2, 2
-    per_image = math.ceil((warmup + chunks * chunk) * batch_size / len(cache))
+    config = TrainingConfig(spec=spec, batch_size=batch_size, device="cpu", seed=SEED, progress=False)
+    loop = EpochLoop(config, DistributedContext())
+    network = loop.place(spec.build_network())
+    optimizer = Adam(stage_parameters(network, 1 if frozen else 2), lr=1e-4)
+    per_image = math.ceil(12 * batch_size / len(cache))
     loader, dataset, sampler = build_train_loader(cache, per_image, batch_size, SEED)
-    dataset.set_epoch(0)
-    sampler.set_epoch(0)
-    train_ips, images, start = 0.0, 0, time.perf_counter()
-    for step, batch in enumerate(loader):
-        if step == warmup + chunks * chunk:
-            break
-        x = batch["image"].contiguous(memory_format=torch.channels_last)
-        loss = loss_fn(network(x), batch["label"].long())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        images += x.shape[0]
-        if step + 1 >= warmup and (step + 1 - warmup) % chunk == 0:
-            if step + 1 > warmup:
-                train_ips = max(train_ips, images / (time.perf_counter() - start))
-            images, start = 0, time.perf_counter()
-    network.eval()
+    train_ips = 0.0
+    for key in range(epochs + 1):
+        dataset.set_epoch(key)
+        sampler.set_epoch(key)
+        trained = loop.train_epoch(network, optimizer, loader, key)
+        if key > 0:
+            train_ips = max(train_ips, trained.images_per_second)
     val = batches(list(cache), batch_size)
+    loop.validate(network, val[:1])
     val_ips = 0.0
-    with torch.no_grad():
-        network(val[0]["image"].contiguous(memory_format=torch.channels_last))
-        for _ in range(chunks):
-            start = time.perf_counter()
-            for batch in val:
-                network(batch["image"].contiguous(memory_format=torch.channels_last))
-            val_ips = max(val_ips, len(cache) / (time.perf_counter() - start))
+    for _ in range(epochs):
+        start = time.perf_counter()
+        loop.validate(network, val)
+        val_ips = max(val_ips, len(cache) / (time.perf_counter() - start))
     return {"train_ips": train_ips, "val_ips": val_ips}
 
 
@@ -312,26 +297,22 @@ def training_config(
     configuration: Configuration,
     spec: ModelSpec,
     stages: tuple[int, ...],
-    epochs: Sequence[int],
     lr: Sequence[float],
-    per_image: int,
     batch_size: int,
-    init_weights: str | None = None,
 ) -> TrainingConfig:
+    """The run's settings; epochs and samples per image come from the stage planner."""
     config = TrainingConfig(
         spec=spec,
         pretrained=configuration.pretrained,
-        init_weights=init_weights,
         run_stages=stages,
         batch_size=batch_size,
-        samples_per_image=per_image,
         device="cpu",
         seed=SEED,
         pseudo_labels=PseudoLabelConfig(),
         progress=False,
         tensorboard=False,
     )
-    return config.with_stage_settings(epochs=tuple(epochs), lr=tuple(lr))
+    return config.with_stage_settings(lr=tuple(lr))
 
 
 def evaluate_stage(path: Path, val: Sequence[Mapping[str, str]], spacing: Mapping, batch_size: int) -> dict[str, Any]:
@@ -406,13 +387,18 @@ def run_configuration(
 
     speeds: dict[str, dict[str, float]] = {}
     calibration_seconds = 0.0
-    planned: dict[int, tuple[int, int]] = {}
     if args.epochs:
         if len(args.epochs) != len(stages):
             raise ValueError(f"{configuration.name} runs stages {stages}: give {len(stages)} epochs, got {args.epochs}")
         per_image = args.samples_per_image or (max(1, round(epoch_samples / len(train))),)
-        for i, stage in enumerate(stages):
-            planned[stage] = (args.epochs[i], per_image[min(i, len(per_image) - 1)] if stage == 3 else per_image[0])
+        given = {
+            stage: StagePlan(args.epochs[i], per_image[min(i, len(per_image) - 1)] if stage == 3 else per_image[0])
+            for i, stage in enumerate(stages)
+        }
+
+        def planner(stage: int, images: int) -> StagePlan:
+            return given[stage]
+
     else:
         start = time.perf_counter()
         cache = preprocess_items(train[:16], spec, workers=2)
@@ -427,75 +413,37 @@ def run_configuration(
                 speeds[mode]["val_ips"],
             )
         calibration_seconds = time.perf_counter() - start
-        for stage in stages:
-            if stage == 3:
-                continue  # planned once the pseudo-labels are counted
+
+        def planner(stage: int, images: int) -> StagePlan:
+            # stage 3's images (labelled + accepted pseudo-labels) are known only when it starts
             speed = speeds["frozen" if stage == 1 else "full"]
             val_seconds = len(val) / speed["val_ips"] + 1.0
-            planned[stage] = epoch_plan(
-                budget * share[stage], len(train), speed["train_ips"], val_seconds, epoch_samples
+            epochs, per_image = epoch_plan(
+                budget * share[stage], images, speed["train_ips"], val_seconds, epoch_samples
             )
+            return StagePlan(epochs, per_image)
 
-    records: dict[str, Any] = {}
     recorder = EpochRecorder()
-    pseudo: dict[str, Any] = {}
-    first = tuple(s for s in stages if s != 3)
-    if first:
-        per_image = planned[first[0]][1]
-        config = training_config(
-            configuration,
-            spec,
-            first,
-            [planned[s][0] for s in first],
-            [lr[stages.index(s)] for s in first],
-            per_image,
+    config = training_config(configuration, spec, stages, lr, args.batch_size)
+    trainer = SemiSupervisedTrainer(
+        config, train, val, unlabeled, out / "stages", callbacks=[recorder], stage_planner=planner
+    )
+    result = trainer.run()
+    records: dict[str, Any] = {}
+    for stage in stages:
+        plan = trainer.plans[stage]
+        logger.info("%s: stage %d ran with %s", configuration.name, stage, plan)
+        records[str(stage)] = stage_record(
+            stage,
+            result.stages[stage],
+            recorder.epochs,
+            plan.epochs,
+            plan.samples_per_image,
             args.batch_size,
+            lr[stages.index(stage)],
         )
-        logger.info(
-            "%s: stages %s, epochs %s, %d samples per image",
-            configuration.name,
-            first,
-            [planned[s][0] for s in first],
-            per_image,
-        )
-        result = SemiSupervisedTrainer(config, train, val, unlabeled, out / "stages", callbacks=[recorder]).run()
-        for stage in first:
-            records[str(stage)] = stage_record(
-                stage,
-                result.stages[stage],
-                recorder.epochs,
-                planned[stage][0],
-                per_image,
-                args.batch_size,
-                lr[stages.index(stage)],
-            )
+    pseudo: dict[str, Any] = {}
     if 3 in stages:
-        stage2 = stage_model_path(out / "stages", 2)
-        if 3 not in planned:
-            start = time.perf_counter()
-            predictor = Predictor.from_file(stage2, device="cpu")
-            counted = generate_pseudo_labels(
-                predictor,
-                [u["image"] for u in unlabeled],
-                out / "pseudo_label_count",
-                PseudoLabelConfig(),
-                batch_size=args.batch_size,
-            )
-            accepted = sum(r.accepted for r in counted)
-            pseudo["counted"] = accepted
-            pseudo["count_seconds"] = time.perf_counter() - start
-            speed = speeds["full"]
-            val_seconds = len(val) / speed["val_ips"] + 1.0
-            planned[3] = epoch_plan(
-                budget * share[3], len(train) + accepted, speed["train_ips"], val_seconds, epoch_samples
-            )
-        epochs, per_image = planned[3]
-        config = training_config(
-            configuration, spec, (3,), [epochs], [lr[stages.index(3)]], per_image, args.batch_size, str(stage2)
-        )
-        logger.info("%s: stage 3, %d epochs, %d samples per image", configuration.name, epochs, per_image)
-        result = SemiSupervisedTrainer(config, train, val, unlabeled, out / "stage3", callbacks=[recorder]).run()
-        records["3"] = stage_record(3, result.stages[3], recorder.epochs, epochs, per_image, args.batch_size, lr[-1])
         pseudo["accepted"] = sum(r.accepted for r in result.pseudo_labels)
         pseudo["pool"] = len(result.pseudo_labels)
     train_end = time.monotonic()

@@ -51,8 +51,8 @@ def score_images(
     for image in images:
         try:
             tensor, _, _ = predictor.load_image(image)
-        except ValueError as e:
-            logger.warning("not scoring %s: %s", image, e)
+        except (ValueError, RuntimeError) as e:  # Compose wraps a transform's ImageReadError in a RuntimeError
+            logger.warning("not scoring %s: %s", image, e.__cause__ or e)
             continue
         batch = tensor[None].to(predictor.device)
         if method == "mc_dropout":

@@ -26,6 +26,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from sscase_monai import io
 from sscase_monai.model_files import ModelSpec, load_model
+from sscase_monai.probabilities import DEFAULT_THRESHOLD, class_indices, probabilities_from_logits
 from sscase_monai.transforms import build_preprocess, resize_probabilities_to
 from sscase_monai.tta import DEFAULT_TTA, tta_predict, tta_views
 
@@ -62,24 +63,12 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
-def probabilities_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Sigmoid for one output channel, softmax over channels otherwise."""
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
-
-
-def mask_from_probabilities(probabilities: np.ndarray | torch.Tensor, threshold: float = 0.5) -> np.ndarray:
-    """``(C, H, W)`` probabilities -> ``(H, W)`` uint8 class indices (``> threshold`` for binary, else argmax)."""
-    p = probabilities.detach().cpu().numpy() if isinstance(probabilities, torch.Tensor) else np.asarray(probabilities)
-    mask = p[0] > threshold if p.shape[0] == 1 else p.argmax(axis=0)
-    return mask.astype(np.uint8)
-
-
 def restore_prediction(
-    probabilities: torch.Tensor, geometry: io.ImageGeometry, threshold: float = 0.5
+    probabilities: torch.Tensor, geometry: io.ImageGeometry, threshold: float = DEFAULT_THRESHOLD
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(C, S, S)`` network-size probabilities -> (``(H, W)`` uint8 mask, ``(C, H, W)`` probabilities) on the grid."""
     restored = np.asarray(resize_probabilities_to(probabilities.float().cpu(), geometry.shape_hw), np.float32)
-    return mask_from_probabilities(restored, threshold), restored
+    return class_indices(restored, threshold).astype(np.uint8), restored
 
 
 # (conv, the batch norm right after it) in MONAI's EfficientNet modules: SS_CASE_UNet's encoder, FlexibleUNet's backbone
@@ -198,7 +187,7 @@ class RestoreToOriginald(MapTransform):
         keys: str | Sequence[str] = "pred",
         ref_image: str = "image",
         probabilities_key: str | None = "probabilities",
-        threshold: float = 0.5,
+        threshold: float = DEFAULT_THRESHOLD,
     ) -> None:
         super().__init__(keys)
         self.ref_image = ref_image

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import SimpleITK as sitk
 
@@ -126,7 +127,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         The pixel array, ``(H, W)`` or ``(H, W, C)`` in the file's own dtype, and the geometry.
 
     Raises:
-        ImageReadError: the file is missing, empty, unreadable, not 2-D, or too large.
+        ImageReadError: the file is missing, empty, unreadable, not 2-D, too large, or has NaN or infinite pixels.
     """
     path = Path(path)
     if not path.is_file():
@@ -148,6 +149,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     array = sitk.GetArrayFromImage(image)
     if image.GetDimension() == 3:
         array = array[0]
+    if np.issubdtype(array.dtype, np.floating):
+        _check_finite(path, array)
     geometry = ImageGeometry.of(image)
     logger.debug("read %s: array %s %s, geometry %s", path, array.shape, array.dtype, geometry)
     return array, geometry
@@ -166,6 +169,43 @@ def _check_2d(path: Path, size: Sequence[int], max_pixels: int) -> None:
         raise ImageReadError(f"{path}: image of {w}x{h} pixels is too small to segment")
     if w * h > max_pixels:
         raise ImageReadError(f"{path}: image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels")
+
+
+def _check_finite(path: Path, array: np.ndarray) -> None:
+    """Refuse NaN and infinite pixels: a network cannot use them and they are no intensity a scanner measures.
+
+    ITK's NIfTI reader returns them as 0 (a NaN scan would be segmented as if black there), so for NIfTI the values
+    stored in the file are checked.
+    """
+    stored = array
+    if image_extension(path) in (".nii", ".nii.gz"):
+        try:
+            stored = np.asanyarray(nibabel.load(path).dataobj.get_unscaled())  # the file's own type, no copy in float64
+        except Exception as e:  # noqa: BLE001 - a header nibabel rejects: ITK read it, check what ITK gave
+            logger.debug("%s: nibabel cannot read it (%s); checking ITK's pixels only", path, e)
+    bad = int(stored.size - np.count_nonzero(np.isfinite(stored)))
+    if bad:
+        raise ImageReadError(f"{path}: the image has NaN or infinite values ({bad} of {stored.size} pixels)")
+
+
+def is_blank(array: np.ndarray) -> bool:
+    """Whether every pixel of an ``(H, W)`` or ``(H, W, C)`` image has the same value (colour)."""
+    pixels = np.asarray(array)
+    return bool(pixels.size) and bool((pixels == pixels[0, 0]).all())
+
+
+def check_not_blank(array: np.ndarray, source: str | os.PathLike) -> None:
+    """Refuse a blank image (see :func:`is_blank`): there is nothing in it to segment.
+
+    Args:
+        array: ``(H, W)`` or ``(H, W, C)`` pixels, as :func:`read_image` returns them.
+        source: file name for the error message.
+
+    Raises:
+        ImageReadError: the image is blank.
+    """
+    if is_blank(array):
+        raise ImageReadError(f"{source}: the image is blank (every pixel has the same value): nothing to segment")
 
 
 def mask_to_image(mask: np.ndarray, geometry: ImageGeometry) -> sitk.Image:

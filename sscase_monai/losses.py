@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
+from sscase_monai.probabilities import probabilities_from_logits
+
 logger = logging.getLogger(__name__)
 
 _ACTIVATIONS: tuple[str, ...] = ("sigmoid", "softmax")
@@ -113,13 +115,6 @@ class ConsistencyLoss(nn.Module):
         self.weight = weight
         self.activation = activation
 
-    def _to_probabilities(self, prediction: torch.Tensor) -> torch.Tensor:
-        if self.activation == "sigmoid":
-            return torch.sigmoid(prediction)
-        if self.activation == "softmax":
-            return torch.softmax(prediction, dim=1)
-        return prediction
-
     def forward(self, prediction_a: torch.Tensor, prediction_b: torch.Tensor) -> torch.Tensor:
         """``weight * mean((p_a - p_b) ** 2)`` over every element.
 
@@ -138,5 +133,8 @@ class ConsistencyLoss(nn.Module):
                 f"consistency needs aligned predictions of one shape, got {tuple(prediction_a.shape)} "
                 f"and {tuple(prediction_b.shape)}"
             )
-        mse = F.mse_loss(self._to_probabilities(prediction_a), self._to_probabilities(prediction_b))
+        activation = self.activation or "none"
+        probabilities_a = probabilities_from_logits(prediction_a, activation)
+        probabilities_b = probabilities_from_logits(prediction_b, activation)
+        mse = F.mse_loss(probabilities_a, probabilities_b)
         return self.weight * mse

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.metrics import compute_hausdorff_distance, get_confusion_matrix
+from monai.metrics import compute_dice, compute_hausdorff_distance, get_confusion_matrix
 from monai.networks.utils import one_hot
 
 logger = logging.getLogger(__name__)
@@ -288,6 +288,38 @@ def per_image_metrics(
                 record |= {f"{m}_class{c}": r[m] for m in METRIC_NAMES}
         records.append(record)
     return records
+
+
+def dice_per_image(prediction: torch.Tensor, target: torch.Tensor, num_classes: int = 2) -> torch.Tensor:
+    """Hard Dice of each image of a batch, averaged over foreground classes (MONAI ``compute_dice``).
+
+    For the training loop's validation: masks of one size, on any device. Same rule as the rest of this module: a
+    class empty in both prediction and target scores 1.
+
+    Args:
+        prediction: ``(B, H, W)`` or ``(B, 1, H, W)`` predicted class indices.
+        target: ground-truth class indices, same shape.
+        num_classes: classes including background (2 for binary).
+
+    Returns:
+        ``(B,)`` float32 Dice per image.
+
+    Raises:
+        ValueError: the shapes differ or ``num_classes`` < 2.
+    """
+    if prediction.shape != target.shape:
+        raise ValueError(f"prediction shape {tuple(prediction.shape)} != target shape {tuple(target.shape)}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes counts background too and must be >= 2, got {num_classes!r}")
+    if prediction.ndim == 3:
+        prediction, target = prediction[:, None], target[:, None]
+    scores = compute_dice(
+        one_hot(prediction.long(), num_classes),
+        one_hot(target.long(), num_classes),
+        include_background=False,
+        ignore_empty=False,
+    )
+    return scores.mean(dim=1).float()
 
 
 def _is_single_result(results: Mapping) -> bool:

@@ -32,13 +32,11 @@ from matplotlib.figure import Figure
 
 from sscase_monai import io
 from sscase_monai.evaluation import CaseResult, EvaluationResult
+from sscase_monai.training.run_log import HISTORY_FILE
 
 logger = logging.getLogger(__name__)
 
-HISTORY_FILE = "history.csv"
-"""The trainer's per-epoch log, looked for beside the model file."""
-
-HISTORY_COLUMNS: tuple[str, ...] = ("train_loss", "val_loss", "val_dice", "lr")
+PLOTTED_COLUMNS: tuple[str, ...] = ("train_loss", "val_loss", "val_dice", "lr")
 """Columns of ``history.csv`` that are plotted (any that are present)."""
 
 CLASS_COLORS: tuple[str, ...] = ("#2ca02c", "#d62728", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2")
@@ -204,7 +202,7 @@ def read_history(path: str | os.PathLike) -> dict[str, dict[str, list[float]]]:
         for row in reader:
             row = {(k or "").strip(): v for k, v in row.items()}
             stage = (row.get("stage") or "training").strip() or "training"
-            series = stages.setdefault(stage, {c: [] for c in ("epoch", *HISTORY_COLUMNS)})
+            series = stages.setdefault(stage, {c: [] for c in ("epoch", *PLOTTED_COLUMNS)})
             for column in series:
                 series[column].append(_number(row.get(column)))
     return stages

@@ -1,7 +1,8 @@
 """Test-time augmentation (TTA): predict flipped and rotated copies, undo each transform, average the probabilities.
 
 The method's views are identity, horizontal flip, vertical flip, rotate 90 and rotate 270 (:data:`DEFAULT_TTA`).
-All views of a batch go through the network in one forward pass (or in chunks of ``max_batch_size``).
+All views of a batch go through the network in one forward pass (or in chunks of ``max_batch_size``). The geometric
+views and their inverses (:func:`apply_view`, :func:`invert_view`) are also the training consistency term's views.
 
 Rotations by 90/270 degrees swap height and width, so they are only applied to square inputs (the method resizes
 every image to 256x256). For a non-square input the rotations are skipped with a logged warning and the remaining
@@ -15,6 +16,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from sscase_monai.probabilities import ACTIVATIONS, probabilities_from_logits
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TTA: tuple[str, ...] = ("identity", "hflip", "vflip", "rot90", "rot270")
@@ -22,9 +25,6 @@ DEFAULT_TTA: tuple[str, ...] = ("identity", "hflip", "vflip", "rot90", "rot270")
 
 ROTATIONS: frozenset[str] = frozenset({"rot90", "rot270"})
 """Views that need square inputs."""
-
-ACTIVATIONS: tuple[str, ...] = ("auto", "sigmoid", "softmax", "none")
-"""How a predictor's output becomes probabilities: ``auto`` = sigmoid for 1 channel, softmax for more."""
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
@@ -49,6 +49,10 @@ def _rot270(x: torch.Tensor) -> torch.Tensor:
     return torch.rot90(x, k=3, dims=(-2, -1))
 
 
+def _rot180(x: torch.Tensor) -> torch.Tensor:
+    return torch.flip(x, dims=(-2, -1))
+
+
 # name -> (transform applied to the image, its inverse applied to the prediction)
 _TRANSFORMS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]] = {
     "identity": (_identity, _identity),
@@ -56,7 +60,21 @@ _TRANSFORMS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[t
     "vflip": (_vflip, _vflip),
     "rot90": (_rot90, _rot270),
     "rot270": (_rot270, _rot90),
+    "rot180": (_rot180, _rot180),
 }
+
+VIEWS: tuple[str, ...] = tuple(_TRANSFORMS)
+"""Every view name: :data:`DEFAULT_TTA` plus ``rot180`` (both flips)."""
+
+
+def apply_view(name: str, x: torch.Tensor) -> torch.Tensor:
+    """The view ``name`` of a batch ``(..., H, W)``."""
+    return _TRANSFORMS[name][0](x)
+
+
+def invert_view(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Undo the view ``name`` on a prediction made on that view, back onto the input's grid."""
+    return _TRANSFORMS[name][1](x)
 
 
 def resolve_tta_transforms(transforms: Sequence[str], height: int, width: int) -> tuple[str, ...]:
@@ -85,16 +103,6 @@ def resolve_tta_transforms(transforms: Sequence[str], height: int, width: int) -
     if not names:
         raise ValueError(f"no TTA transform left for a {height}x{width} input from {tuple(transforms)!r}")
     return names
-
-
-def _activate(output: torch.Tensor, activation: str) -> torch.Tensor:
-    if activation == "auto":
-        activation = "sigmoid" if output.shape[1] == 1 else "softmax"
-    if activation == "sigmoid":
-        return torch.sigmoid(output)
-    if activation == "softmax":
-        return torch.softmax(output, dim=1)
-    return output
 
 
 def _predict_in_chunks(predictor: Predictor, batch: torch.Tensor, max_batch_size: int | None) -> torch.Tensor:
@@ -139,16 +147,16 @@ def tta_views(
     names = resolve_tta_transforms(transforms, images.shape[-2], images.shape[-1])
     batch_size = images.shape[0]
     with torch.no_grad():
-        batch = torch.cat([_TRANSFORMS[name][0](images) for name in names], dim=0)
+        batch = torch.cat([apply_view(name, images) for name in names], dim=0)
         output = _predict_in_chunks(predictor, batch, max_batch_size)
         if output.ndim != 4 or output.shape[0] != len(names) * batch_size:
             raise ValueError(
                 f"predictor returned shape {tuple(output.shape)} for {len(names) * batch_size} views; "
                 "expected (views * B, C, H, W)"
             )
-        probabilities = _activate(output, activation)
+        probabilities = probabilities_from_logits(output, activation)
         aligned = [
-            _TRANSFORMS[name][1](view) for name, view in zip(names, torch.split(probabilities, batch_size), strict=True)
+            invert_view(name, view) for name, view in zip(names, torch.split(probabilities, batch_size), strict=True)
         ]
     return torch.stack(aligned, dim=1)
 

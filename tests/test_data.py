@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from monai.transforms import Compose
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -147,7 +148,7 @@ def test_repeat_dataset_length_and_base_mapping():
 
 
 def test_repeat_dataset_draws_are_reproducible_per_seed_epoch_index():
-    augment = T.Compose(T.build_train_augment())
+    augment = Compose(T.build_train_augment())
     dataset = D.RepeatDataset(_items(2), transform=augment, samples_per_image=16, seed=7)
     first = [dataset[i] for i in range(len(dataset))]
     assert all(_same(dataset[i], first[i]) for i in (5, 0, 31))  # order of access does not matter
@@ -162,7 +163,7 @@ def test_repeat_dataset_draws_are_reproducible_per_seed_epoch_index():
 
 
 def test_repeat_dataset_same_samples_with_and_without_workers():
-    dataset = D.RepeatDataset(_items(2), transform=T.Compose(T.build_train_augment()), samples_per_image=4, seed=3)
+    dataset = D.RepeatDataset(_items(2), transform=Compose(T.build_train_augment()), samples_per_image=4, seed=3)
     serial = list(DataLoader(dataset, batch_size=2, num_workers=0))
     parallel = list(DataLoader(dataset, batch_size=2, num_workers=2))
     assert all(_same(a, b) for a, b in zip(serial, parallel, strict=True))

@@ -9,7 +9,13 @@ import pytest
 import torch
 from monai.metrics import DiceMetric
 
-from sscase_monai.metrics import METRIC_NAMES, format_metrics_table, per_image_metrics, segmentation_metrics
+from sscase_monai.metrics import (
+    METRIC_NAMES,
+    dice_per_image,
+    format_metrics_table,
+    per_image_metrics,
+    segmentation_metrics,
+)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -221,3 +227,18 @@ def test_format_metrics_table_mixed_units() -> None:
     assert lines[0].endswith("| HD95 |")
     assert lines[2].endswith("| 3.00 px |")
     assert lines[3].endswith("| 1.50 mm |")
+
+
+def test_dice_per_image_binary_and_multiclass():
+    labels = torch.zeros(3, 1, 4, 4, dtype=torch.long)
+    labels[1, 0, :2] = 1
+    predicted = torch.zeros(3, 1, 4, 4, dtype=torch.long)
+    predicted[1, 0, :1] = 1  # 4 of the 8 label pixels
+    predicted[2, 0, 0, 0] = 1  # a false positive on an empty label
+    assert dice_per_image(predicted, labels).tolist() == pytest.approx([1.0, 2 * 4 / 12, 0.0])
+    assert dice_per_image(predicted[:, 0], labels[:, 0]).tolist() == pytest.approx([1.0, 2 * 4 / 12, 0.0])
+    multi_labels = torch.tensor([[[[1, 2], [0, 0]]]])
+    multi_predicted = torch.tensor([[[[1, 1], [0, 0]]]])
+    assert dice_per_image(multi_predicted, multi_labels, num_classes=3).tolist() == pytest.approx([(2 / 3 + 0.0) / 2])
+    with pytest.raises(ValueError, match="shape"):
+        dice_per_image(predicted, labels[:2])

@@ -1,10 +1,11 @@
-"""Robustness and safety of the served app (issue #7), against a real server on 127.0.0.1.
+"""Robustness and safety of the served app (issues #7 and #11), against a real server on 127.0.0.1.
 
 Every bad input to infer, save-label and image upload gets a 4xx whose message names the problem (never a server
 path), leaves nothing behind and the server keeps answering; image ids and label tags never reach outside the
 studies folder; 8 clients inferring while labels are saved and a training runs lose nothing; a training killed
-mid-stage leaves the published model and the labels intact and resumes from its checkpoint; the serve command binds
-this machine only unless told otherwise, and says so.
+mid-stage leaves the published model and the labels intact and resumes from its checkpoint; every result reaches a
+client on the server's machine; stopping the server stops its training and scoring; the serve command binds this
+machine only unless told otherwise, and says so.
 
 Status codes (the contract, listed in README.md "Reliability"): 400 bad id or tag, 404 unknown image or model,
 409 no trained model, 413 image over the pixel limit, 415 file type that is not an image, 422 unusable content.
@@ -12,6 +13,7 @@ Status codes (the contract, listed in README.md "Reliability"): 400 bad id or ta
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -85,6 +87,18 @@ def _rgba_transparent(path: Path) -> None:
     write_array(np.dstack([gray, gray, gray, alpha]), path, vector=True)
 
 
+NOT_FINITE = "the image has NaN or infinite values (20 of 133120 pixels)"
+
+
+def _float_slice(path: Path, bad: float) -> None:
+    """The sample PNG as a float32 W x H x 1 volume (how Slicer saves a scan), with 20 pixels ``bad`` (and
+    ``-bad``): ITK's NIfTI reader returns NaN and infinities as 0, so they must be caught from the file."""
+    pixels = sample_png().astype(np.float32)
+    pixels[10, :10] = bad
+    pixels[11, :10] = -bad
+    write_array(pixels[None], path)
+
+
 @dataclass(frozen=True)
 class BadFile:
     """A file nobody should send; ``status``/``message`` is the answer every endpoint gives unless overridden."""
@@ -140,6 +154,10 @@ BAD_FILES = [
         413,
         f"image of {HUGE_SIDE}x{HUGE_SIDE} pixels exceeds the limit of {io.DEFAULT_MAX_PIXELS} pixels",
     ),
+    BadFile("nan", "float NIfTI with NaN pixels", "nan.nii.gz", lambda p: _float_slice(p, np.nan), 422, NOT_FINITE),
+    BadFile(
+        "inf", "float NRRD with +inf and -inf pixels", "inf.nrrd", lambda p: _float_slice(p, np.inf), 422, NOT_FINITE
+    ),
     BadFile("text", "text file (notes.txt)", "notes.txt", lambda p: p.write_text("not an image"), 422, "not readable"),
 ]
 """``text`` is answered per endpoint (see :data:`ANSWER_OVERRIDES`)."""
@@ -153,6 +171,14 @@ ANSWER_OVERRIDES = {
 
 def expected_answer(endpoint: str, bad: BadFile) -> tuple[int, str]:
     return ANSWER_OVERRIDES.get((endpoint, bad.key), (bad.status, bad.message))
+
+
+BLANK_FILES: dict[str, tuple[str, Callable[[Path], None]]] = {
+    "blank_png": ("blank.png", lambda p: write_array(np.zeros((320, 416), np.uint8), p)),
+    "constant_nifti": ("constant.nii.gz", lambda p: write_array(np.full((1, 320, 416), 7.5, np.float32), p)),
+}
+"""Images whose pixels all have one value: the network sees nothing (a constant image is all zeros to it)."""
+BLANK = "the image is blank (every pixel has the same value): nothing to segment"
 
 
 def checksums(folder: Path) -> dict[str, str]:
@@ -184,10 +210,20 @@ def bad_files(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, bad_files) -> Iterator[ServerProcess]:
+def blank_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("blank-files")
+    files = {}
+    for key, (name, make) in BLANK_FILES.items():
+        files[key] = folder / name
+        make(files[key])
+    return files
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, bad_files, blank_files) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("robustness")
     studies = copy_studies(SAMPLE_DATA, root / "studies")
-    for key, path in bad_files.items():
+    for key, path in {**bad_files, **blank_files}.items():
         if io.is_image_file(path):
             shutil.copy(path, studies / f"bad_{key}{io.image_extension(path)}")
     # no starter model: the tests publish one (a trained model as Train leaves it) or take it away
@@ -391,6 +427,99 @@ def test_16bit_and_colour_images_are_converted(server, tmp_path, make):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Blank images: Run and Upload refuse them; a label on one must be empty
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", BLANK_FILES, ids=list(BLANK_FILES))
+def test_a_blank_image_is_refused_by_run_and_upload(server, blank_files, key):
+    before = checksums(server.studies)
+    assert_refused(infer_upload(server, blank_files[key]), 422, BLANK, server)
+    response = send("POST", server, f"/infer/sscase?image=bad_{key}&output=json")
+    assert_refused(response, 422, BLANK, server)
+    assert f"bad_{key}" in detail(response)
+    assert_refused(upload(server, blank_files[key], f"up_{key}"), 422, BLANK, server)
+    assert checksums(server.studies) == before
+
+
+def _label_like(image: Path, path: Path, foreground: bool) -> Path:
+    reference = sitk.ReadImage(str(image))
+    array = np.zeros(sitk.GetArrayFromImage(reference).shape[:3], np.uint8)
+    if foreground:
+        array[..., 100:140, 150:200] = 1
+    label = sitk.GetImageFromArray(array)
+    label.CopyInformation(reference)
+    sitk.WriteImage(label, str(path))
+    return path
+
+
+def test_a_label_on_a_blank_image_must_be_empty(server, tmp_path):
+    """Foreground on a blank image would teach the model to find the cerebellum in nothing; an empty label marks
+    the blank frame as done, so Next Sample stops offering it."""
+    image = server.studies / "bad_constant_nifti.nii.gz"
+    before = checksums(server.studies)
+    painted = _label_like(image, tmp_path / "painted.nii.gz", foreground=True)
+    response = save_label(server, "bad_constant_nifti", painted)
+    assert_refused(
+        response, 422, "the image is blank (every pixel has the same value) but the label marks 2000", server
+    )
+    assert checksums(server.studies) == before
+
+    empty = _label_like(image, tmp_path / "empty.nii.gz", foreground=False)
+    response = save_label(server, "bad_constant_nifti", empty)
+    assert response.status_code == 200, detail(response)
+    assert (server.studies / "labels" / "final" / "bad_constant_nifti.nii.gz").read_bytes() == empty.read_bytes()
+
+
+def test_an_empty_label_on_a_normal_image_is_kept(server, tmp_path):
+    """What Slicer saves when the sonographer finds no cerebellum: all background, accepted as any label."""
+    empty = _label_like(SAMPLE_DATA / "case_008.nii.gz", tmp_path / "empty.nii.gz", foreground=False)
+    response = save_label(server, "case_008", empty)
+    assert response.status_code == 200, detail(response)
+    assert (server.studies / "labels" / "final" / "case_008.nii.gz").read_bytes() == empty.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Results reach a client on the same machine
+# ---------------------------------------------------------------------------------------------------------------
+
+RESULT_ROUNDS = 50
+
+
+def test_every_result_reaches_a_client_on_this_machine_using_the_default_temp_folder(server):
+    """MONAI Label deletes the result file after sending it and its client saves its copy under the same file name
+    in its own temp folder, by default ``/tmp``. With the server's result in ``/tmp`` too, that deletion removed the
+    client's copy now and then (issue #11). Results now wait in the server's own folder, and are still deleted."""
+    from monailabel.client import MONAILabelClient
+
+    client = MONAILabelClient(server.url)  # no tmpdir: what a Python user on the server's machine gets
+    images = sorted(p for p in SAMPLE_DATA.iterdir() if io.is_image_file(p))
+    received: list[Path] = []
+    lost: list[str] = []
+    for index in range(RESULT_ROUNDS):
+        image = images[index % len(images)]
+        result, _ = client.infer("sscase", io.image_stem(image), {"result_extension": ".nrrd"})
+        received.append(Path(result))
+        try:
+            mask, geometry = io.read_image(result)
+            assert geometry.shape_hw == io.read_image(image)[1].shape_hw and set(np.unique(mask)) <= {0, 1}
+            time.sleep(0.05)  # the user opens it a moment later
+            if not Path(result).is_file():
+                raise io.ImageReadError(f"{result}: deleted after it arrived")
+        except io.ImageReadError as e:
+            lost.append(f"{image.name}: {e}")
+        Path(result).unlink(missing_ok=True)
+    assert not lost, f"{len(lost)} of {RESULT_ROUNDS} results lost: {lost[:5]}"
+
+    own_folder = server.workdir / "home" / "results"  # $SSCASE_MONAI_HOME/results
+    deadline = time.monotonic() + 10  # the server deletes its copy in a background task after sending
+    while (left := [p.name for p in received if (own_folder / p.name).exists()]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"the server kept {len(left)} result file(s): {left[:5]}"
+    assert all(p.name.startswith("sscase-result-") for p in received)  # never a name the server's temp files use
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Requests that cannot be served: unknown model, no trained model
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -404,6 +533,41 @@ def test_an_unknown_model_is_a_404(server, method, path):
     response = send(method, server, path, json={})
     assert_refused(response, 404, "unknown model 'nope'; available: ['sscase']", server)
     assert requests.get(f"{server.url}/train/", timeout=TIMEOUT).status_code == 404  # no task was started
+
+
+def test_infer_with_neither_an_image_nor_a_file_is_a_400(server):
+    for request in [{}, {"data": {"params": "{}"}}]:  # MONAI Label answered both with a 500
+        response = send("POST", server, "/infer/sscase", **request)
+        assert_refused(response, 400, "nothing to segment: send a datastore image id (?image=ID) or an image", server)
+    response = send("POST", server, "/infer/sscase?session_id=nope")
+    assert_refused(response, 404, "unknown or expired session id", server)
+
+
+def scoring_tasks(server: ServerProcess) -> list:
+    response = send("GET", server, "/scoring/?all=true")
+    return response.json() if response.ok else []
+
+
+def test_an_unknown_scoring_method_is_a_404_and_starts_nothing(server):
+    before = scoring_tasks(server)
+    response = send("POST", server, "/scoring/nope", json={})
+    assert_refused(response, 404, "unknown scoring method 'nope'; available: ['epistemic', 'tta']", server)
+    assert scoring_tasks(server) == before  # MONAI Label had accepted it and started a task that failed
+    response = send("POST", server, "/scoring/tta?run_sync=true", json={})  # a known one is served as before
+    assert response.status_code == 200 and response.json()["scored"] >= 1, detail(response)
+
+
+def test_batch_infer_leaves_out_the_images_it_refuses(server):
+    """One unusable image in the datastore ended MONAI Label's whole batch infer; now it is left out, with why."""
+    images = ["case_000", "bad_empty", "bad_nan", "bad_blank_png", "case_006"]
+    response = send("POST", server, "/batch/infer/sscase?run_sync=true", json={"images": images, "label_tag": "batch"})
+    assert response.status_code == 200, detail(response)
+    result = response.json()
+    assert "the file is empty" in result["bad_empty"]["refused"]
+    assert "NaN or infinite values" in result["bad_nan"]["refused"]
+    assert "the image is blank" in result["bad_blank_png"]["refused"]
+    assert "/tmp/" not in json.dumps(result) and str(server.studies) not in json.dumps(result)
+    assert {io.image_stem(p) for p in (server.studies / "labels" / "batch").iterdir()} == {"case_000", "case_006"}
 
 
 def test_infer_without_a_trained_model_is_a_409(server):
@@ -676,6 +840,60 @@ def test_a_killed_training_leaves_everything_intact_and_resumes(tmp_path):
         load_model(published)
         assert not checkpoint.exists()  # a finished run: the next Train starts afresh
         assert checksums(studies / "labels" / "final") == finals
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shutdown: the server's training and scoring processes stop with it
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def background_processes(server: ServerProcess) -> list[psutil.Process]:
+    """The server's training, scoring and batch-infer processes and everything they started."""
+    found = []
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            if "monailabel.interfaces.utils.app" in child.cmdline():
+                found += [child, *child.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def still_running(processes: list[psutil.Process]) -> list[str]:
+    alive = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(f"{process.pid} {' '.join(process.cmdline())[:120]}")
+        except psutil.NoSuchProcess:
+            continue
+    return alive
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stopping_the_server_stops_its_training_and_scoring(tmp_path, sig):
+    """The signal goes to the server process alone (not its process group, as a service manager or ``kill PID``
+    sends it). Before #11, on SIGTERM the server exited and left the training running; on SIGINT it waited for it."""
+    studies = copy_studies(SAMPLE_DATA, tmp_path / "studies")
+    with ServerProcess(studies, tmp_path / "server", env=QUIET) as server:
+        schedule = {"epochs": "1,50,1", "samples_per_image": 2, "batch_size": 4}  # runs far longer than this test
+        assert requests.post(f"{server.url}/train/sscase", json=schedule, timeout=TIMEOUT).ok
+        assert requests.post(f"{server.url}/scoring/epistemic", json={}, timeout=TIMEOUT).ok
+        deadline = time.monotonic() + 120
+        while training_process(server) is None:
+            assert time.monotonic() < deadline, f"no training process\n{server.log_tail()}"
+            time.sleep(0.5)
+        children = background_processes(server)
+        try:
+            server.process.send_signal(sig)
+            server.process.wait(timeout=60)  # a server waiting for its training would hang here
+            assert not still_running(children), f"left running after {sig.name}: {still_running(children)}"
+            assert "stopping train task" in server.log_path.read_text()
+        finally:
+            for process in children:  # whatever the outcome, nothing outlives the test
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
 
 
 # ---------------------------------------------------------------------------------------------------------------

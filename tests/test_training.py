@@ -28,14 +28,15 @@ from sscase_monai.training import (
     PseudoLabelConfig,
     SemiSupervisedTrainer,
     StageConfig,
+    StagePlan,
     TrainingCallback,
     TrainingConfig,
     checkpoint_path,
-    dice_per_image,
     load_checkpoint,
     plateau_scheduler,
 )
 from sscase_monai.training.checkpoints import cpu_state_dict, rng_states, set_rng_states
+from sscase_monai.training.epoch_loop import EpochLoop
 from sscase_monai.training.loaders import build_train_loader, preprocess_items
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -223,18 +224,6 @@ def test_plateau_scheduler_halves_like_keras_and_respects_min_lr():
     assert lrs == pytest.approx([1e-4, 1e-4, 1e-4, 5e-5, 5e-5, 3e-5, 3e-5, 3e-5])
 
 
-def test_dice_per_image_binary_and_multiclass():
-    labels = torch.zeros(3, 1, 4, 4, dtype=torch.long)
-    labels[1, 0, :2] = 1
-    logits = torch.full((3, 1, 4, 4), -5.0)
-    logits[1, 0, :1] = 5.0  # 4 of the 8 label pixels
-    logits[2, 0, 0, 0] = 5.0  # a false positive on an empty label
-    assert dice_per_image(logits, labels).tolist() == pytest.approx([1.0, 2 * 4 / 12, 0.0])
-    multi_labels = torch.tensor([[[[1, 2], [0, 0]]]])
-    multi_logits = torch.nn.functional.one_hot(torch.tensor([[[1, 1], [0, 0]]]), 3).permute(0, 3, 1, 2).float()
-    assert dice_per_image(multi_logits, multi_labels).tolist() == pytest.approx([(2 / 3 + 0.0) / 2])
-
-
 def test_rng_states_round_trip():
     saved = rng_states()
     first = (np.random.rand(), torch.rand(1).item(), __import__("random").random())
@@ -353,29 +342,30 @@ def test_stage3_alone_with_nothing_accepted_still_trains(data, init_model, tmp_p
         assert {row["accepted"] for row in csv.DictReader(f)} == {"False"}
 
 
-class ScriptedValidation(SemiSupervisedTrainer):
-    """Validation losses from a script, and a snapshot of the weights each epoch ends with."""
+class ScriptedValidation:
+    """Validation losses from a script (in place of ``EpochLoop.validate``), and the weights each epoch ends with."""
 
-    def __init__(self, *args, losses, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, losses):
         self.losses = list(losses)
         self.snapshots = []
 
-    def _validate(self):
-        self.snapshots.append(cpu_state_dict(self.model))
+    def validate(self, model, batches):
+        self.snapshots.append(cpu_state_dict(model))
         return self.losses[len(self.snapshots) - 1], 0.5
 
 
-def test_early_stopping_restores_the_best_epoch_and_halves_the_lr(data, init_model, tmp_path):
+def test_early_stopping_restores_the_best_epoch_and_halves_the_lr(data, init_model, tmp_path, monkeypatch):
     stage = StageConfig(epochs=10, lr=1e-4, patience=2, lr_patience=1, min_lr=1e-7)
     config = tiny_config(init_model, run_stages=(2,), epochs=None)
     config = TrainingConfig.from_dict(config.to_dict() | {"stages": [DEFAULT_STAGES[0], stage, DEFAULT_STAGES[2]]})
-    trainer = ScriptedValidation(config, data["train"], data["val"], out_dir=tmp_path, losses=[0.5, 0.3, 0.4, 0.6, 0.1])
+    scripted = ScriptedValidation(losses=[0.5, 0.3, 0.4, 0.6, 0.1])
+    monkeypatch.setattr(EpochLoop, "validate", lambda loop, model, batches: scripted.validate(model, batches))
+    trainer = SemiSupervisedTrainer(config, data["train"], data["val"], out_dir=tmp_path)
     result = trainer.run()
     stage2 = result.stages[2]
     assert (stage2.epochs_run, stage2.best_epoch, stage2.early_stopped) == (4, 2, True)
     assert stage2.best_val_loss == 0.3
-    assert_same_weights(weights(result.model_path), trainer.snapshots[1])
+    assert_same_weights(weights(result.model_path), scripted.snapshots[1])
     assert [row["lr"] for row in result.history] == pytest.approx([1e-4, 1e-4, 1e-4, 5e-5])
 
 
@@ -469,6 +459,43 @@ def test_stop_then_resume_matches_an_uninterrupted_run(data, init_model, tmp_pat
     assert [(r["stage"], r["epoch"]) for r in rows] == [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")]
     assert sorted(resumed.stages) == [1, 2] and len(resumed.history) == 4
     assert_same_weights(weights(resumed.model_path), weights(straight.model_path))
+
+
+def test_stage_planner_replans_stage3_after_pseudo_labelling_and_a_resumed_stage_keeps_its_plan(
+    data, init_model, tmp_path
+):
+    calls = []
+
+    def planner(stage: int, images: int) -> StagePlan:
+        calls.append((stage, images))
+        return StagePlan(epochs={2: 2, 3: 3}[stage], samples_per_image={2: 1, 3: 2}[stage])
+
+    config = tiny_config(init_model, run_stages=(2, 3), epochs=(1, 1))
+    recorder = Recorder(stop_after=(3, 1))
+    trainer = SemiSupervisedTrainer(
+        config, data["train"], data["val"], data["unlabeled"], tmp_path, callbacks=[recorder], stage_planner=planner
+    )
+    stopped = trainer.run()
+    accepted = sum(r.accepted for r in stopped.pseudo_labels)
+    assert accepted == len(data["unlabeled"])  # the permissive rule takes every unlabelled image
+    assert calls == [(2, len(data["train"])), (3, len(data["train"]) + accepted)]
+    assert [(s.stage, s.epoch, s.epochs, s.total_epochs) for s in recorder.summaries] == [
+        (2, 1, 2, 3),
+        (2, 2, 2, 3),
+        (3, 1, 3, 5),
+    ]
+    assert trainer.plans[3] == StagePlan(3, 2)
+
+    def no_replanning(stage: int, images: int) -> StagePlan:
+        raise AssertionError(f"stage {stage} was re-planned on resume")
+
+    again = Recorder()
+    resumed_config = TrainingConfig.from_dict(config.to_dict() | {"resume": True})
+    resumed = SemiSupervisedTrainer(
+        resumed_config, data["train"], data["val"], data["unlabeled"], tmp_path, [again], no_replanning
+    ).run()
+    assert [e[1:] for e in again.events if e[0] == "epoch_end"] == [(3, 2), (3, 3)]
+    assert resumed.stages[3].epochs_run == 3 and resumed.stages[3].train_images == len(data["train"]) + accepted
 
 
 def test_failing_callback_leaves_a_resumable_checkpoint(data, init_model, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
+from monai.transforms import Compose
 from PIL import Image
 from scipy import ndimage
 
@@ -450,7 +451,7 @@ def test_real_hc18_images_preprocess(shared_data):
         assert (h, w) == io.read_image(image_path)[0].shape
         restored = T.restore_to_original(out["label"].float(), out["image"].meta)
         assert restored.shape == (1, h, w)
-    resized = T.Compose(T.build_preprocess(denoise=False, keys=("image",)))({"image": str(images[0])})["image"]
+    resized = Compose(T.build_preprocess(denoise=False, keys=("image",)))({"image": str(images[0])})["image"]
     expected = ndimage.median_filter(resized.numpy(), size=(1, 5, 5), mode="nearest")
     np.testing.assert_array_equal(T.median_denoise(resized).numpy(), expected)
 

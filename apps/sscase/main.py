@@ -28,6 +28,7 @@ from monailabel.utils.others.class_utils import get_class_names
 
 import lib.configs
 import sscase_monai
+from lib import serving
 from lib.datastore import SSCASEDatastore
 from sscase_monai import io
 from sscase_monai.cli.serve import DATASTORE_FILE_EXTENSIONS
@@ -101,6 +102,8 @@ class SSCASEApp(MONAILabelApp):
         self._require(self._infers, request.get("model"), "model")
         image = request.get("image")
         path, shown = None, None
+        if image == "":  # the endpoint sent neither an image nor a file, only a session id it did not find
+            raise HTTPException(404, "unknown or expired session id: send the image again (?image=ID or a file)")
         if isinstance(image, str) and _is_upload(image):
             if not io.is_image_file(image):
                 raise HTTPException(
@@ -125,7 +128,18 @@ class SSCASEApp(MONAILabelApp):
         if not torch.cuda.is_available():
             # MONAI Label spreads batch infer over the GPUs it counts; with none it would divide by zero
             request = {**request, "multi_gpu": False, "device": "cpu"}
-        return super().batch_infer(request, datastore)
+        return self._batch_infer(request, datastore or self.datastore(), self._infer_or_skip)
+
+    def _infer_or_skip(self, request: dict, datastore: Datastore | None = None) -> dict:
+        """One image of a batch infer: an image the server refuses (unreadable, blank, ...) is logged and left out,
+        instead of ending the whole batch there."""
+        try:
+            return self.infer(request, datastore)
+        except HTTPException as e:
+            if e.status_code >= 500:
+                raise
+            logger.warning("batch infer: %s left out: %s", request.get("image"), e.detail)
+            return {"label": None, "refused": e.detail}
 
     def bundle_path(self, model: str | None) -> str | None:
         # the one app hook the server calls before it starts a background train or batch infer: an unknown model
@@ -139,8 +153,18 @@ class SSCASEApp(MONAILabelApp):
         return super().train(request)
 
     def scoring(self, request: dict, datastore: Datastore | None = None) -> dict:
-        self._require(self._scoring_methods, request.get("method"), "scoring method")
+        self.require_scoring_method(request.get("method"))
         return super().scoring(request, datastore)
+
+    def require_scoring_method(self, method: str | None) -> None:
+        """404 naming the available methods unless ``method`` is one."""
+        self._require(self._scoring_methods, method, "scoring method")
+
+    def server_mode(self, mode: bool) -> None:
+        super().server_mode(mode)
+        if mode:  # the server is starting with this app: check what its endpoints miss, stop its tasks on exit
+            serving.add_request_checks(self)
+            serving.stop_background_tasks_on_exit()
 
     def next_sample(self, request: dict) -> dict:
         strategy = request.get("strategy") or "random"

@@ -20,7 +20,7 @@ from sscase_monai.training.config import (
     TrainingConfig,
 )
 from sscase_monai.training.distributed import DistributedContext, setup_distributed
-from sscase_monai.training.pseudo_labelling import PSEUDO_LABEL_CSV, PSEUDO_LABEL_DIR, PseudoLabelRecord
+from sscase_monai.training.pseudo_label_files import PSEUDO_LABEL_CSV, PSEUDO_LABEL_DIR, PseudoLabelRecord
 from sscase_monai.training.results import (
     HISTORY_COLUMNS,
     StageResult,
@@ -28,15 +28,10 @@ from sscase_monai.training.results import (
     TrainingResult,
     write_history_csv,
 )
+from sscase_monai.training.run_log import HISTORY_FILE
 from sscase_monai.training.schedule import EarlyStopping, plateau_scheduler
-from sscase_monai.training.trainer import (
-    HISTORY_FILE,
-    METRICS_FILE,
-    MODEL_FILE,
-    SemiSupervisedTrainer,
-    dice_per_image,
-    stage_model_path,
-)
+from sscase_monai.training.stage_loop import StagePlan, StagePlanner
+from sscase_monai.training.trainer import METRICS_FILE, MODEL_FILE, SemiSupervisedTrainer, stage_model_path
 
 __all__ = [
     "DEFAULT_STAGES",
@@ -55,13 +50,14 @@ __all__ = [
     "PseudoLabelRecord",
     "SemiSupervisedTrainer",
     "StageConfig",
+    "StagePlan",
+    "StagePlanner",
     "StageResult",
     "TrainingCallback",
     "TrainingConfig",
     "TrainingPlan",
     "TrainingResult",
     "checkpoint_path",
-    "dice_per_image",
     "load_checkpoint",
     "plateau_scheduler",
     "save_checkpoint",

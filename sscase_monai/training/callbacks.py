@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sscase_monai.training.pseudo_labelling import PseudoLabelRecord
+    from sscase_monai.training.pseudo_label_files import PseudoLabelRecord
     from sscase_monai.training.results import StageResult, TrainingPlan, TrainingResult
 
 logger = logging.getLogger(__name__)

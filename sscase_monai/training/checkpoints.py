@@ -39,6 +39,13 @@ def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_states() -> dict[str, Any]:
     """Python, NumPy, torch (and CUDA) random states as tensors and plain values."""
     name, keys, position, has_gauss, cached = np.random.get_state()

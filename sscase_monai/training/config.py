@@ -78,7 +78,7 @@ DEFAULT_STAGES: tuple[StageConfig, StageConfig, StageConfig] = (
 
 @dataclass(frozen=True)
 class PseudoLabelConfig:
-    """Stage 3's choice of unlabelled images (see :func:`sscase_monai.pseudo_labels.select_confident_pseudo_labels`).
+    """Stage 3's choice of unlabelled images (see ``pseudo_label_selection.select_confident_pseudo_labels``).
 
     Attributes:
         threshold: binary foreground where ``p > threshold``.

@@ -18,7 +18,7 @@ from typing import Any
 
 from sscase_monai.metrics import format_metrics_table
 from sscase_monai.model_files import atomic_write_bytes
-from sscase_monai.training.pseudo_labelling import PseudoLabelRecord
+from sscase_monai.training.pseudo_label_files import PseudoLabelRecord
 
 logger = logging.getLogger(__name__)
 

@@ -19,78 +19,64 @@ the labelled validation items, in eval mode. Output folder::
 
 Under ``torchrun`` every process trains on its shard of each epoch's samples through DistributedDataParallel; only
 the main process writes files, logs and calls the event callbacks.
+
+This module runs the stages in order and owns the run's state (data checks, resume, the model, stage 3's
+pseudo-labels, each stage's best model and scores). One stage's optimisation is :mod:`.stage_loop`, the steps of an
+epoch are :mod:`.epoch_loop`, the history and TensorBoard records are :mod:`.run_log`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import math
 import os
-import random
-import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.optim import Adam
 from torch.optim.lr_scheduler import ReduceLROnPlateau
-from tqdm import tqdm
 
 from sscase_monai import __version__, io
-from sscase_monai.data import item_seed, validate_labelled_pairs
+from sscase_monai.data import validate_labelled_pairs
 from sscase_monai.evaluation import evaluate_model
 from sscase_monai.inference import Predictor
-from sscase_monai.losses import ConsistencyLoss, SegmentationLoss
 from sscase_monai.model_files import atomic_write_bytes, load_model, read_sidecar, save_model
 from sscase_monai.networks import SSCASEUNet
-from sscase_monai.training.callbacks import CallbackList, EpochSummary, TrainingCallback
+from sscase_monai.training.callbacks import CallbackList, TrainingCallback
 from sscase_monai.training.checkpoints import (
     checkpoint_path,
     cpu_state_dict,
     load_checkpoint,
     rng_states,
     save_checkpoint,
+    seed_everything,
     set_rng_states,
 )
 from sscase_monai.training.config import STAGE_NAMES, TrainingConfig
 from sscase_monai.training.distributed import (
     DistributedContext,
-    all_reduce_sum,
-    any_process,
     barrier,
-    broadcast_buffers,
     cleanup_distributed,
     run_on_main,
     setup_distributed,
     unwrap,
-    wrap_for_training,
 )
-from sscase_monai.training.loaders import CachedItem, batches, build_train_loader, preprocess_items
-from sscase_monai.training.pseudo_labelling import PseudoLabelRecord, generate_pseudo_labels, pseudo_label_paths
-from sscase_monai.training.results import (
-    HISTORY_COLUMNS,
-    StageResult,
-    TrainingPlan,
-    TrainingResult,
-    json_safe,
-    write_history_csv,
-)
-from sscase_monai.training.schedule import EarlyStopping, plateau_scheduler
+from sscase_monai.training.epoch_loop import EpochLoop
+from sscase_monai.training.loaders import batches, preprocess_items
+from sscase_monai.training.pseudo_label_files import PseudoLabelRecord, generate_pseudo_labels, pseudo_label_paths
+from sscase_monai.training.results import StageResult, TrainingPlan, TrainingResult, json_safe
+from sscase_monai.training.run_log import RunLog
+from sscase_monai.training.schedule import EarlyStopping
+from sscase_monai.training.stage_loop import EpochRecord, StageLoop, StagePlan, StagePlanner
 from sscase_monai.transforms import image_to_channel_first
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
-HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
-TENSORBOARD_DIR = "tensorboard"
-_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
-"""Consistency views: identity, horizontal, vertical, both (each its own inverse)."""
 
 
 def stage_model_path(out_dir: str | os.PathLike, stage: int) -> Path:
@@ -108,39 +94,6 @@ def _items(items: Sequence[Mapping[str, Any]], keys: tuple[str, ...], what: str)
     return out
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def dice_per_image(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Hard Dice of each image, averaged over foreground classes; 1 when prediction and label are both empty.
-
-    Args:
-        logits: ``(B, C, H, W)`` network output (C = 1: sigmoid at 0.5; else argmax).
-        labels: ``(B, 1, H, W)`` class indices.
-
-    Returns:
-        ``(B,)`` float32.
-    """
-    if logits.shape[1] == 1:
-        prediction = (logits[:, 0] > 0).long()
-        classes = [1]
-    else:
-        prediction = logits.argmax(dim=1)
-        classes = list(range(1, logits.shape[1]))
-    target = labels[:, 0].long()
-    scores = []
-    for c in classes:
-        p, t = prediction == c, target == c
-        overlap = (p & t).sum(dim=(1, 2)).float()
-        total = (p.sum(dim=(1, 2)) + t.sum(dim=(1, 2))).float()
-        scores.append(torch.where(total > 0, 2 * overlap / total.clamp(min=1), torch.ones_like(total)))
-    return torch.stack(scores).mean(dim=0)
-
-
 class SemiSupervisedTrainer:
     """Train SS_CASE_UNet with the method's three stages (or a chosen subset of them).
 
@@ -151,6 +104,9 @@ class SemiSupervisedTrainer:
         unlabeled_items: ``{"image": path}`` items: stage 3's pool and the consistency term's images.
         out_dir: output folder (created).
         callbacks: progress and stop hooks (see :mod:`sscase_monai.training.callbacks`).
+        stage_planner: re-plans each stage's epochs and samples per image when it starts, from its number of
+            training images (stage 3: labelled + accepted pseudo-labels); ``None``: the configured epochs and
+            ``samples_per_image``. The plans are kept in the checkpoint, so a resumed stage keeps its plan.
 
     Raises:
         ValueError: (in the constructor) no training or validation items, or items without their keys.
@@ -170,6 +126,7 @@ class SemiSupervisedTrainer:
         unlabeled_items: Sequence[Mapping[str, Any]] = (),
         out_dir: str | os.PathLike = "train_output",
         callbacks: Sequence[TrainingCallback] = (),
+        stage_planner: StagePlanner | None = None,
     ) -> None:
         self.config = config
         self.train_items = _items(train_items, ("image", "label"), "training")
@@ -183,14 +140,21 @@ class SemiSupervisedTrainer:
         self.callbacks = CallbackList(callbacks)
         # without a callback that can ask to stop, DDP processes need not agree on stopping at every iteration
         self._stoppable = any(type(c).should_stop is not TrainingCallback.should_stop for c in callbacks)
+        self.stage_planner = stage_planner
         self.spec = config.spec
         self.context = DistributedContext()
-        self.history: list[dict[str, Any]] = []
         self.completed: dict[int, StageResult] = {}
         self.pseudo_records: list[PseudoLabelRecord] = []
-        self._writer: Any = None
+        self.plans = {s: StagePlan(config.stage(s).epochs, config.samples_per_image) for s in config.run_stages}
+        self.replanned: dict[int, StagePlan] = {}  # the planner's plans, kept in the checkpoint
+        self.log = RunLog(self.out_dir, write=False, tensorboard=False, consistency=False)
         self._elapsed_before = 0.0
         self._session_start = 0.0
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One row per finished epoch (the rows of ``history.csv``)."""
+        return self.log.rows
 
     # ------------------------------------------------------------------------------------------------------------
     # The run
@@ -210,9 +174,7 @@ class SemiSupervisedTrainer:
         try:
             return self._run()
         finally:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+            self.log.close()
             cleanup_distributed(self.context)
 
     @property
@@ -223,12 +185,6 @@ class SemiSupervisedTrainer:
     def device(self) -> torch.device:
         return self.context.device
 
-    @property
-    def channels_last(self) -> bool:
-        """Channels-last memory format: the setting, or by default on CPU only."""
-        setting = self.config.channels_last
-        return self.device.type == "cpu" if setting is None else bool(setting)
-
     def _run(self) -> TrainingResult:
         self._check_data()
         state = self._resume_state()
@@ -236,37 +192,43 @@ class SemiSupervisedTrainer:
             logger.warning("stage 3 without stage 2 or init weights: an untrained decoder predicts the pseudo-labels")
         seed_everything(self.config.seed)
         self._configure_backends()
+        workers = self._preprocess_threads
+        unlabeled_cache = (
+            preprocess_items(self.unlabeled_items, self.spec, labelled=False, workers=workers)
+            if self.config.consistency_weight > 0
+            else []
+        )
+        should_stop = self.callbacks.should_stop if self._stoppable else None
+        self.epoch_loop = EpochLoop(self.config, self.context, unlabeled_cache, should_stop)
         self.model = self._build_model(state)
         if 1 in self.config.run_stages and not callable(getattr(self.model, "freeze_encoder", None)):
             raise ValueError(
                 f"stage 1 (decoder-only) freezes the encoder, but a {self.spec.architecture!r} network has no "
                 f"freeze_encoder(); run stages (2,) or (2, 3) for it, got run_stages={self.config.run_stages!r}"
             )
-        self.loss_fn = SegmentationLoss(self.spec.out_channels)
-        activation = "sigmoid" if self.spec.out_channels == 1 else "softmax"
-        self.consistency_fn = ConsistencyLoss(self.config.consistency_weight, activation=activation)
-        self._setup_amp()
+        self.log = RunLog(
+            self.out_dir,
+            write=self.is_main,
+            tensorboard=self.config.tensorboard,
+            consistency=self.config.consistency_weight > 0,
+        )
         if state is not None:
-            self.history = list(state["history"])
             self.completed = {int(k): StageResult.from_dict(v) for k, v in state["completed_stages"].items()}
             self.pseudo_records = [PseudoLabelRecord(**r) for r in state["pseudo_labels"]]
+            if self.stage_planner is not None:  # without a planner the configured epochs apply (e.g. extended)
+                self.replanned = {int(k): StagePlan(**v) for k, v in state.get("stage_plans", {}).items()}
+                self.plans.update(self.replanned)
             self._elapsed_before = float(state["elapsed_seconds"])
             set_rng_states(state["rng"])
-        if self.is_main:  # a resumed run drops rows a killed session wrote after its last checkpoint
-            write_history_csv(self.history, self.out_dir / HISTORY_FILE)
-        workers = self._preprocess_threads
+        self.log.restore(state["history"] if state is not None else [])
         self.train_cache = preprocess_items(self.train_items, self.spec, workers=workers)
-        self.val_batches = batches(
+        val_batches = batches(
             preprocess_items(self.val_items[self.context.rank :: self.context.world_size], self.spec, workers=workers),
             self.config.val_batch_size or self.config.batch_size,
         )
-        self.unlabeled_cache = (
-            preprocess_items(self.unlabeled_items, self.spec, labelled=False, workers=workers)
-            if self.config.consistency_weight > 0
-            else []
-        )
+        self.stage_loop = StageLoop(self.config, self.context, self.epoch_loop, val_batches, self._on_epoch)
         if self.is_main:
-            self.callbacks.on_train_start(self._plan(state))
+            self.callbacks.on_train_start(self._training_plan(state))
         stopped = False
         for stage in self.config.run_stages:
             if stage in self.completed:
@@ -295,12 +257,38 @@ class SemiSupervisedTrainer:
         return result
 
     def _run_stage(self, stage: int, state: Mapping[str, Any] | None) -> StageResult | None:
+        """Train one stage (stage 3 first makes its pseudo-labels), then keep, save and score its best weights."""
         train_cache = self.train_cache
         if stage == 3:
             accepted = self._pseudo_labelled_items(state)
             if accepted:
                 train_cache = train_cache + preprocess_items(accepted, self.spec, workers=self._preprocess_threads)
-        return self._train_stage(stage, train_cache, state)
+        if self.stage_planner is not None and stage not in self.replanned:
+            self.plans[stage] = self.replanned[stage] = self.stage_planner(stage, len(train_cache))
+            logger.info("stage %d re-planned for %d training image(s): %s", stage, len(train_cache), self.plans[stage])
+        if self.is_main:
+            self.callbacks.on_stage_start(stage, STAGE_NAMES[stage], self.plans[stage].epochs)
+        outcome = self.stage_loop.run(stage, self.model, train_cache, self.plans[stage], state)
+        if outcome is None:
+            return None
+        return self._end_stage(stage, outcome.stopper, outcome.best_state, outcome.epochs_run, len(train_cache))
+
+    def _on_epoch(self, record: EpochRecord) -> None:
+        summary = self.log.summary(record, {s: p.epochs for s, p in self.plans.items()}, self._elapsed())
+        self.log.add(summary)
+        if self.is_main:
+            self._save_state(
+                record.stage,
+                record.epoch,
+                False,
+                self.model,
+                record.optimizer,
+                record.scheduler,
+                record.stopper,
+                record.best_state,
+            )
+            self.log.write_csv()
+            self.callbacks.on_epoch_end(summary)
 
     # ------------------------------------------------------------------------------------------------------------
     # Setup
@@ -389,17 +377,6 @@ class SemiSupervisedTrainer:
             if self.config.deterministic:
                 torch.use_deterministic_algorithms(True, warn_only=True)
 
-    def _setup_amp(self) -> None:
-        self.amp_dtype: torch.dtype | None = None
-        if self.config.amp and self.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
     def _build_model(self, state: Mapping[str, Any] | None) -> SSCASEUNet:
         init = self.config.init_weights
         if state is not None:
@@ -411,10 +388,7 @@ class SemiSupervisedTrainer:
             model = self._load_init_weights(Path(init))
         else:
             model = self.spec.build_network(pretrained=self.config.pretrained or None)
-        model = model.to(self.device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        return self.epoch_loop.place(model)
 
     def _load_init_weights(self, path: Path) -> SSCASEUNet:
         saved = read_sidecar(path).get("spec")
@@ -429,8 +403,8 @@ class SemiSupervisedTrainer:
         logger.info("starting from the weights of %s", path)
         return network.train()
 
-    def _plan(self, state: Mapping[str, Any] | None) -> TrainingPlan:
-        epochs = {s: self.config.stage(s).epochs for s in self.config.run_stages}
+    def _training_plan(self, state: Mapping[str, Any] | None) -> TrainingPlan:
+        epochs = {s: self.plans[s].epochs for s in self.config.run_stages}
         return TrainingPlan(
             stages=self.config.run_stages,
             epochs=epochs,
@@ -469,233 +443,25 @@ class SemiSupervisedTrainer:
         )
 
     # ------------------------------------------------------------------------------------------------------------
-    # One stage
+    # End of a stage, end of the run
     # ------------------------------------------------------------------------------------------------------------
-
-    def _train_stage(
-        self, stage: int, train_cache: Sequence[CachedItem], state: Mapping[str, Any] | None
-    ) -> StageResult | None:
-        settings = self.config.stage(stage)
-        name = STAGE_NAMES[stage]
-        model = self.model
-        if stage == 1:
-            model.freeze_encoder()
-            parameters = list(model.decoder_parameters())
-        else:
-            if hasattr(model, "unfreeze_encoder"):  # baselines (ModelSpec.architecture) have no encoder to freeze
-                model.unfreeze_encoder()
-            parameters = list(model.parameters())
-        optimizer = Adam(parameters, lr=settings.lr)
-        scheduler = plateau_scheduler(optimizer, settings)
-        stopper = EarlyStopping(settings.patience)
-        best_state: dict[str, torch.Tensor] | None = None
-        start_epoch = 0
-        if state is not None:
-            model.load_state_dict(state["model"])
-            if not state["stage_complete"]:
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-                stopper.load_state_dict(state["early_stopping"])
-                if self.scaler is not None and state.get("scaler"):
-                    self.scaler.load_state_dict(state["scaler"])
-            best_state = state["best_state"]
-            start_epoch = int(state["epoch"])
-        # DDP fixes its parameter set when built: a new wrapper after every freeze/unfreeze
-        network = wrap_for_training(model, self.context)
-        loader, dataset, sampler = build_train_loader(
-            train_cache,
-            self.config.samples_per_image,
-            self.config.batch_size,
-            self.config.seed,
-            num_workers=self.config.num_workers,
-            world_size=self.context.world_size,
-            rank=self.context.rank,
-            pin_memory=self.device.type == "cuda",
-        )
-        logger.info(
-            "stage %d (%s): %d image(s) x %d samples, %d epoch(s) planned, lr %g%s",
-            stage,
-            name,
-            len(train_cache),
-            self.config.samples_per_image,
-            settings.epochs,
-            settings.lr,
-            f", resuming after epoch {start_epoch}" if start_epoch else "",
-        )
-        if self.is_main:
-            self.callbacks.on_stage_start(stage, name, settings.epochs)
-        epochs_run = start_epoch
-        for epoch in range(start_epoch + 1, settings.epochs + 1):
-            if stopper.should_stop:
-                break
-            epoch_start = time.perf_counter()
-            key = stage * 100_000 + epoch
-            dataset.set_epoch(key)
-            sampler.set_epoch(key)
-            self._seed_epoch(key)
-            trained = self._train_epoch(network, optimizer, loader, stage, epoch, settings.epochs, key)
-            if trained is None:
-                return None
-            broadcast_buffers(model, self.context)  # validate and save rank 0's batch-norm statistics everywhere
-            validation = self._validate()
-            improved = stopper.step(validation[0], epoch)
-            if improved:
-                best_state = cpu_state_dict(model)
-            lr = float(optimizer.param_groups[0]["lr"])
-            scheduler.step(validation[0])
-            epochs_run = epoch
-            summary = self._summary(stage, epoch, trained, validation, stopper, improved, lr, epoch_start)
-            self.history.append(self._history_row(summary))
-            if self.is_main:
-                self._save_state(stage, epoch, False, model, optimizer, scheduler, stopper, best_state)
-                write_history_csv(self.history, self.out_dir / HISTORY_FILE)
-                self._log_epoch(summary)
-                self.callbacks.on_epoch_end(summary)
-        if stopper.should_stop:
-            logger.info(
-                "stage %d: early stopping after epoch %d (best epoch %d)", stage, epochs_run, stopper.best_epoch
-            )
-        return self._end_stage(stage, model, stopper, best_state, epochs_run, len(train_cache))
-
-    def _seed_epoch(self, key: int) -> None:
-        # every epoch's randomness (dropout, consistency views) depends only on (seed, stage, epoch, rank), so a
-        # resumed run draws exactly what an uninterrupted one would
-        seed_everything(item_seed(self.config.seed, key, self.context.rank))
-
-    def _train_epoch(
-        self,
-        network: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        loader: torch.utils.data.DataLoader,
-        stage: int,
-        epoch: int,
-        epochs: int,
-        key: int,
-    ) -> tuple[float, float, int, float] | None:
-        """One pass over the epoch's samples; ``(train_loss, consistency_loss, images, seconds)`` or None if stopped."""
-        network.train()
-        generator = torch.Generator().manual_seed(item_seed(self.config.seed, key, 1000 + self.context.rank))
-        loader.generator.manual_seed(item_seed(self.config.seed, key, 2000))
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        consistency_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        images = 0
-        show = self.config.progress and self.is_main and sys.stderr.isatty()
-        progress = tqdm(
-            loader, desc=f"stage {stage} epoch {epoch}/{epochs}", unit="batch", leave=False, disable=not show
-        )
-        start = time.perf_counter()
-        for step, batch in enumerate(progress):
-            if self._stoppable and any_process(self.callbacks.should_stop(), self.context):
-                progress.close()
-                return None
-            loss, consistency, count = self._train_step(network, optimizer, batch, generator)
-            loss_sum += loss * count
-            consistency_sum += consistency * count
-            images += count
-            if show and step % 10 == 0:
-                progress.set_postfix(loss=f"{float(loss_sum) / images:.4f}")
-        progress.close()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - start
-        totals = torch.stack([loss_sum, consistency_sum, torch.tensor(float(images), device=self.device)])
-        totals = all_reduce_sum(totals.to(torch.float64), self.context)
-        images = int(totals[2].item())
-        return float(totals[0]) / max(images, 1), float(totals[1]) / max(images, 1), images, seconds
-
-    def _train_step(
-        self,
-        network: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        batch: Mapping[str, torch.Tensor],
-        generator: torch.Generator,
-    ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        images = batch["image"].to(self.device, non_blocking=True)
-        labels = batch["label"].to(self.device, non_blocking=True).long()
-        count = images.shape[0]
-        views = self._consistency_views(count, generator)
-        inputs = images if views is None else torch.cat([images, views[0], views[1]])
-        if self.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
-            logits = network(inputs)
-        logits = logits.float()
-        loss = self.loss_fn(logits[:count], labels)
-        consistency = torch.zeros((), device=self.device)
-        if views is not None:
-            flip_a, flip_b = views[2], views[3]
-            unlabeled = (logits.shape[0] - count) // 2
-            aligned_a = _flip(logits[count : count + unlabeled], flip_a)
-            aligned_b = _flip(logits[count + unlabeled :], flip_b)
-            consistency = self.consistency_fn(aligned_a, aligned_b)
-            loss = loss + consistency
-        optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        return loss.detach(), consistency.detach(), count
-
-    def _consistency_views(
-        self, count: int, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...], tuple[int, ...]] | None:
-        """A batch of unlabelled images as two differently flipped views, and the two flips."""
-        if not self.unlabeled_cache or self.config.consistency_weight <= 0:
-            return None
-        indices = torch.randint(len(self.unlabeled_cache), (count,), generator=generator).tolist()
-        images = torch.stack([self.unlabeled_cache[i]["image"] for i in indices]).to(self.device, non_blocking=True)
-        first, second = (int(i) for i in torch.randperm(len(_FLIPS), generator=generator)[:2])
-        flip_a, flip_b = _FLIPS[first], _FLIPS[second]
-        return _flip(images, flip_a), _flip(images, flip_b), flip_a, flip_b
-
-    @torch.no_grad()
-    def _validate(self) -> tuple[float, float]:
-        """Validation loss and per-image Dice over all processes' shards (eval mode, the unwrapped network)."""
-        model = unwrap(self.model)
-        model.eval()
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, Dice sum, images
-        for batch in self.val_batches:
-            images = batch["image"].to(self.device, non_blocking=True)
-            labels = batch["label"].to(self.device, non_blocking=True).long()
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with self._autocast():
-                logits = model(images)
-            logits = logits.float()
-            count = images.shape[0]
-            totals[0] += float(self.loss_fn(logits, labels)) * count
-            totals[1] += float(dice_per_image(logits, labels).sum())
-            totals[2] += count
-        totals = all_reduce_sum(totals, self.context)
-        images = max(float(totals[2]), 1.0)
-        return float(totals[0]) / images, float(totals[1]) / images
 
     def _end_stage(
         self,
         stage: int,
-        model: SSCASEUNet,
         stopper: EarlyStopping,
         best_state: Mapping[str, torch.Tensor] | None,
         epochs_run: int,
         train_images: int,
     ) -> StageResult:
         """Restore the stage's best weights, save them, score them on the validation images' own grids."""
+        model = self.model
         if best_state is not None:
             model.load_state_dict(best_state)
             best_loss = stopper.best
-            best_dice = next(
-                (
-                    float(row["val_dice"])
-                    for row in self.history
-                    if row["stage"] == stage and row["epoch"] == stopper.best_epoch
-                ),
-                math.nan,
-            )
+            best_dice = self.log.val_dice_at(stage, stopper.best_epoch)
         else:  # no epoch trained (or none improved): the starting weights are the stage's result
-            best_loss, best_dice = self._validate()
+            best_loss, best_dice = self.epoch_loop.validate(model, self.stage_loop.val_batches)
         result = StageResult(
             stage=stage,
             name=STAGE_NAMES[stage],
@@ -757,74 +523,8 @@ class SemiSupervisedTrainer:
     # Records
     # ------------------------------------------------------------------------------------------------------------
 
-    def _summary(
-        self,
-        stage: int,
-        epoch: int,
-        trained: tuple[float, float, int, float],
-        validation: tuple[float, float],
-        stopper: EarlyStopping,
-        improved: bool,
-        lr: float,
-        epoch_start: float,
-    ) -> EpochSummary:
-        train_loss, consistency_loss, images, train_seconds = trained
-        val_loss, val_dice = validation
-        offset = sum(self.config.stage(s).epochs for s in self.config.run_stages if s < stage)
-        dice_so_far = [float(r["val_dice"]) for r in self.history if not math.isnan(float(r["val_dice"]))]
-        return EpochSummary(
-            stage=stage,
-            stage_name=STAGE_NAMES[stage],
-            epoch=epoch,
-            epochs=self.config.stage(stage).epochs,
-            global_epoch=offset + epoch,
-            total_epochs=self.config.planned_epochs,
-            train_loss=train_loss,
-            val_loss=val_loss,
-            val_dice=val_dice,
-            best_val_loss=stopper.best,
-            best_val_dice=max([*dice_so_far, val_dice]),
-            improved=improved,
-            lr=lr,
-            seconds=time.perf_counter() - epoch_start,
-            elapsed_seconds=self._elapsed(),
-            images_per_second=images / max(train_seconds, 1e-9),
-            consistency_loss=consistency_loss,
-        )
-
-    @staticmethod
-    def _history_row(summary: EpochSummary) -> dict[str, Any]:
-        return {column: getattr(summary, column) for column in HISTORY_COLUMNS}
-
     def _elapsed(self) -> float:
         return self._elapsed_before + time.monotonic() - self._session_start
-
-    def _log_epoch(self, summary: EpochSummary) -> None:
-        logger.info(summary.log_line())
-        writer = self._tensorboard()
-        if writer is None:
-            return
-        step = summary.global_epoch
-        writer.add_scalar("loss/train", summary.train_loss, step)
-        writer.add_scalar("loss/val", summary.val_loss, step)
-        writer.add_scalar("dice/val", summary.val_dice, step)
-        writer.add_scalar("lr", summary.lr, step)
-        writer.add_scalar("stage", summary.stage, step)
-        writer.add_scalar("images_per_second", summary.images_per_second, step)
-        if self.config.consistency_weight > 0:
-            writer.add_scalar("loss/consistency", summary.consistency_loss, step)
-        writer.flush()
-
-    def _tensorboard(self) -> Any:
-        if not self.config.tensorboard:
-            return None
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step hides events of an earlier session at the steps this one writes again
-            first = int(self.history[-2]["global_epoch"]) + 1 if len(self.history) > 1 else 1
-            self._writer = SummaryWriter(str(self.out_dir / TENSORBOARD_DIR), purge_step=first)
-        return self._writer
 
     def _model_extra(self, result: StageResult) -> dict[str, Any]:
         metrics = result.metrics or {}
@@ -859,6 +559,7 @@ class SemiSupervisedTrainer:
         stopper: EarlyStopping,
         best_state: Mapping[str, torch.Tensor] | None,
     ) -> None:
+        scaler = self.epoch_loop.scaler
         state = {
             "config": self.config.to_dict(),
             "stage": stage,
@@ -867,10 +568,11 @@ class SemiSupervisedTrainer:
             "model": cpu_state_dict(unwrap(model)),
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
             "early_stopping": stopper.state_dict(),
             "best_state": dict(best_state) if best_state is not None else None,
             "completed_stages": {n: r.to_dict() for n, r in self.completed.items()},
+            "stage_plans": {n: asdict(p) for n, p in self.replanned.items()},
             "history": list(self.history),
             "pseudo_labels": [r.to_dict() for r in self.pseudo_records] if stage == 3 else [],
             "rng": rng_states(),
@@ -878,10 +580,6 @@ class SemiSupervisedTrainer:
             "train_images": [item["image"] for item in self.train_items],
         }
         save_checkpoint(self._checkpoint_path, state)
-
-
-def _flip(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    return torch.flip(x, dims=dims) if dims else x
 
 
 def _contiguous_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ import re
 import time
 from typing import Any
 
+import numpy as np
 from fastapi import HTTPException
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
@@ -19,6 +20,7 @@ from watchdog.events import FileCreatedEvent, FileDeletedEvent, FileModifiedEven
 from sscase_monai import io
 from sscase_monai.data import check_labelled_pair
 from sscase_monai.model_files import atomic_copy, atomic_write_bytes
+from sscase_monai.transforms import label_to_class_indices
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class SSCASEDatastore(LocalDatastore):
             raise HTTPException(415, f"image type {ext!r} is not served; use one of {self._extensions}")
         try:
             array, _ = io.read_image(image_filename, max_pixels=self.max_pixels)
+            io.check_not_blank(array, image_filename)
         except io.ImageReadError as e:
             reason = str(e).replace(str(image_filename), "the uploaded file")  # the client never saw our temp name
             raise HTTPException(refusal_status(reason), f"image {image_id!r} refused: {reason}") from e
@@ -118,6 +121,7 @@ class SSCASEDatastore(LocalDatastore):
             ]
             detail = "; ".join(shown)
             raise HTTPException(refusal_status(detail), f"label for image {image_id!r} refused: {detail}")
+        self._refuse_foreground_on_blank(image_id, image, label_filename)
         _, ext = self._to_id(os.path.basename(label_filename))
         name = self._filename(image_id, ext)
         folder = self._datastore.label_path(label_tag)
@@ -133,6 +137,20 @@ class SSCASEDatastore(LocalDatastore):
             self._update_datastore_file(lock=False)
         logger.info("saved %s label of %s (%s)", label_tag, image_id, name)
         return image_id
+
+    def _refuse_foreground_on_blank(self, image_id: str, image: str, label_filename: str) -> None:
+        """422 for a label with foreground on a blank image: it would teach the model to find the structure in
+        nothing. An all-background label is kept: it marks a blank frame as done, so Next Sample stops offering it."""
+        if not io.is_blank(io.read_image(image, max_pixels=self.max_pixels)[0]):
+            return
+        label = label_to_class_indices(io.read_image(label_filename)[0], self.num_classes, "the uploaded label")
+        foreground = int(np.count_nonzero(label))
+        if foreground:
+            raise HTTPException(
+                422,
+                f"label for image {image_id!r} refused: the image is blank (every pixel has the same value) but the "
+                f"label marks {foreground} pixel(s) as foreground; save an empty label to mark a blank image done",
+            )
 
     def get_image_uri(self, image_id: str) -> str:
         # ids come from the index, which only this class writes; a path-like id still never leaves the folder

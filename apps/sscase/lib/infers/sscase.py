@@ -7,12 +7,14 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from fastapi import HTTPException
 from monai.inferers import Inferer
+from monai.transforms import Lambdad
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.generic import strtobool
@@ -21,11 +23,30 @@ from lib.datastore import refusal_status
 from sscase_monai import io
 from sscase_monai.inference import ProbabilityInferer, RestoreToOriginald, optimize_for_inference
 from sscase_monai.model_files import ModelSpec, load_model
+from sscase_monai.paths import default_workspace
 from sscase_monai.transforms import build_preprocess
 
 logger = logging.getLogger(__name__)
 
 RESULT_DTYPES = ("uint8", "uint16", "int16", "int32")
+
+
+def result_folder() -> Path:
+    """Where results wait to be sent: ``<workspace>/results`` (``$SSCASE_MONAI_HOME`` or ``~/.local/share/...``).
+
+    Not the temp folder: MONAI Label's ``/infer`` deletes the result file after sending it, and its client saves
+    its copy under the same file name in its own temp folder, by default ``/tmp``: with client and server on one
+    machine the deletion removed the client's copy. No client saves into this folder.
+    """
+    folder = default_workspace() / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def refuse_blank_image(image: torch.Tensor) -> torch.Tensor:
+    """``image`` (``(C, H, W)`` as loaded), unless it is blank: the network would see nothing in it."""
+    io.check_not_blank(np.moveaxis(np.asarray(image), 0, -1), image.meta.get("filename_or_obj", "the image"))
+    return image
 
 
 class NoModelError(HTTPException):
@@ -93,13 +114,14 @@ class SSCASEInfer(BasicInferTask):
 
     def pre_transforms(self, data: dict | None = None) -> Sequence[Callable]:
         spec = self.current_model(data["device"])[1]
-        return build_preprocess(
+        load, *rest = build_preprocess(
             input_size=spec.input_size,
             channels=spec.in_channels,
             num_classes=spec.num_classes,
             denoise=spec.denoise,
             keys=("image",),
         )
+        return [load, Lambdad("image", refuse_blank_image), *rest]
 
     def inferer(self, data: dict | None = None) -> Inferer:
         tta = data.get("tta", self._config["tta"]) if data else self._config["tta"]
@@ -116,7 +138,7 @@ class SSCASEInfer(BasicInferTask):
         if dtype not in RESULT_DTYPES:
             raise HTTPException(400, f"result_dtype must be one of {RESULT_DTYPES}, got {dtype!r}")
         mask: np.ndarray = data["pred"]
-        fd, path = tempfile.mkstemp(suffix=extension)
+        fd, path = tempfile.mkstemp(prefix="sscase-result-", suffix=extension, dir=result_folder())
         os.close(fd)
         io.write_mask(mask, data["geometry"], path, dtype=dtype)
         # Slicer names label value v after the v-th name by value (MONAILabel.py: updateSegmentationMask)

@@ -193,7 +193,11 @@ class PseudoLabelsToDatastore(TrainingCallback):
             image_id = ids.get(os.path.realpath(record.image))
             if record.accepted and image_id:
                 info = {"confident_fraction": record.confident_fraction, "foreground_pixels": record.foreground_pixels}
-                self.datastore.save_label(image_id, record.label, PSEUDO_TAG, info)
+                try:
+                    self.datastore.save_label(image_id, record.label, PSEUDO_TAG, info)
+                except HTTPException as e:  # refused like any label (e.g. foreground on a blank image): skip it
+                    logger.warning("pseudo-label of %s not stored: %s", image_id, e.detail)
+                    continue
                 saved += 1
         logger.info("saved %d of %d pseudo-labels in the datastore (tag %r)", saved, len(records), PSEUDO_TAG)
 

@@ -1,9 +1,9 @@
 """Stage 3's pseudo-labels: predict the unlabelled pool, keep the confident masks, write them for review.
 
 Prediction goes through :class:`sscase_monai.inference.Predictor`, the path users get from ``sscase-monai predict``
-(same preprocessing, optional TTA, restored to each image's grid). The method's rule
-(:func:`sscase_monai.pseudo_labels.select_confident_pseudo_labels`) is applied to the probabilities on the image's
-own grid, i.e. to exactly the mask that is written. Accepted masks are written as
+(same preprocessing, optional TTA, restored to each image's grid). The method's selection rule
+(:func:`sscase_monai.pseudo_label_selection.select_confident_pseudo_labels`) is applied to the probabilities on the
+image's own grid, i.e. to exactly the mask that is written. Accepted masks are written as
 ``out_dir/pseudo_labels/<stem>.<ext>`` in the image's format and geometry (JPEG -> PNG, DICOM -> NRRD, as
 ``predict`` does); ``out_dir/pseudo_labels.csv`` lists every unlabelled image with its verdict.
 """
@@ -22,7 +22,7 @@ from typing import Any
 from sscase_monai import io
 from sscase_monai.inference import Prediction, Predictor, prediction_path
 from sscase_monai.model_files import atomic_write_bytes
-from sscase_monai.pseudo_labels import select_confident_pseudo_labels
+from sscase_monai.pseudo_label_selection import select_confident_pseudo_labels
 from sscase_monai.training.config import PseudoLabelConfig
 
 logger = logging.getLogger(__name__)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sscase_monai.probabilities import class_indices
+
 logger = logging.getLogger(__name__)
 
 
@@ -55,12 +57,11 @@ def _validate(threshold: float, confidence: float, min_confident_fraction: float
 
 def _mask_and_confident(probability: torch.Tensor, threshold: float, confidence: float) -> tuple[torch.Tensor, int]:
     """Pseudo-label ``(1, H, W)`` and the number of confident pixels for one ``(C, H, W)`` probability map."""
+    mask = class_indices(probability, threshold, dim=0, keepdim=True)
     if probability.shape[0] == 1:
-        mask = (probability > threshold).to(torch.int64)
         confident = (probability >= confidence) | (probability <= 1.0 - confidence)
     else:
-        top, mask = probability.max(dim=0, keepdim=True)
-        confident = top >= confidence
+        confident = probability.amax(dim=0, keepdim=True) >= confidence
     return mask, int(confident.sum())
 
 

@@ -1,4 +1,4 @@
-"""Tests for sscase_monai.pseudo_labels: the confident-selection rule at its boundaries."""
+"""Tests for sscase_monai.pseudo_label_selection: the confident-selection rule at its boundaries."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sscase_monai.pseudo_labels import PseudoLabelCandidate, select_confident_pseudo_labels
+from sscase_monai.pseudo_label_selection import PseudoLabelCandidate, select_confident_pseudo_labels
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
