@@ -157,7 +157,8 @@ def render(result: dict[str, Any]) -> str:
         f"Measured {result['finished'][:10]} on {host['cpu']}, {host['cores']} cores (torch {host['torch']}, ONNX "
         f"Runtime {result['onnxruntime']}, onnx {result['onnx']}); torch and ONNX Runtime both on {result['threads']} "
         "threads (ONNX Runtime: CPU provider, intra-op threads = torch's, inter-op 1, default graph optimisations; "
-        "OpenMP's default wait policy). One forward pass of preprocessed 256x256 images to probabilities; the engines "
+        "OpenMP's default wait policy). One forward pass of preprocessed images to probabilities at each model's "
+        "input size (the starter's, the app's default: 256x256); the engines "
         f"take turns, {result['rounds']} rounds of a warmed-up block each, so load from other jobs hits them alike "
         "(load average per batch below).",
         "",
@@ -210,7 +211,8 @@ def render(result: dict[str, Any]) -> str:
 def _title(record: dict[str, Any]) -> str:
     spec = record["spec"]
     kind = "binary" if spec["out_channels"] == 1 else f"{spec['out_channels']} classes"
-    name = "starter" if "starter" in record["model"] else Path(record["model"]).parts[-3]
+    model = REPO_ROOT / record["model"]
+    name = {STARTER_MODEL: "starter", PSFHS_MODEL: "PSFHS"}.get(model, model.parent.name)
     return f"SS_CASE_UNet {name} ({kind}, {spec['input_size']}x{spec['input_size']})"
 
 

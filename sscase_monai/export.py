@@ -37,9 +37,10 @@ from monai.utils import optional_import
 from torch import nn
 
 from sscase_monai import __version__
-from sscase_monai.inference import Predictor, mask_from_probabilities, optimize_for_inference, probabilities_from_logits
+from sscase_monai.inference import Predictor, optimize_for_inference
 from sscase_monai.metrics import segmentation_metrics
 from sscase_monai.model_files import ModelSpec, atomic_write_bytes, load_model, read_sidecar
+from sscase_monai.probabilities import class_indices, probabilities_from_logits
 
 onnx, _ = optional_import("onnx")
 ort, _ = optional_import("onnxruntime")
@@ -63,8 +64,9 @@ CHECK_DICE = 0.999
 """Least Dice between the exported graph's masks and PyTorch's for :meth:`ExportCheck.passed`."""
 CHECK_MAX_ABS_DIFF = 1e-2
 """Largest probability difference :meth:`ExportCheck.passed` accepts: a guard against a wrong graph (which is off by
-0.1 or more), not a rounding budget. Float32 rounding alone moved probabilities near 0.5 by up to 6e-4 on sample
-scans (ONNX Runtime vs PyTorch; PyTorch channels-last vs NCHW: 1e-4), as the logits pass through ~100 layers."""
+0.1 or more), not a rounding budget. Float32 rounding alone moved probabilities by up to 6e-4 on sample scans and
+2e-3 on 16 HC18 scans (ONNX Runtime vs PyTorch; PyTorch channels-last vs NCHW: 1e-4), as the logits pass through
+~100 layers; no mask pixel changed (``bench/RESULTS.md``)."""
 
 
 class ProbabilityNetwork(nn.Module):
@@ -371,8 +373,8 @@ def check_export(
             abs_sum + difference.sum(),
             values + difference.size,
         )
-        reference_masks += [mask_from_probabilities(p) for p in reference]
-        exported_masks += [mask_from_probabilities(p) for p in probabilities]
+        reference_masks += [class_indices(p).astype(np.uint8) for p in reference]
+        exported_masks += [class_indices(p).astype(np.uint8) for p in probabilities]
     num_classes = predictor.spec.num_classes
     dice = segmentation_metrics(exported_masks, reference_masks, num_classes)["pooled"]["dice"]
     differing = int(sum((a != b).sum() for a, b in zip(exported_masks, reference_masks, strict=True)))

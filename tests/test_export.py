@@ -3,7 +3,7 @@
 The starter model (a trained SS_CASE_UNet, 256x256, binary) goes through the CLI in all three formats; the exported
 graphs run in ONNX Runtime and plain ``torch.jit.load``, the bundle in ``python -m monai.bundle run`` in a
 subprocess, and every result is compared with the library's own prediction. A 3-class model checks the multi-class
-path on real PSFHS images.
+path (all three formats, every class name and value) on real PSFHS images.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from monai.bundle import ConfigParser
 from three_class_model import PSFHS_LABELS, three_class_model
 
 from sscase_monai import io
-from sscase_monai.bundle import METADATA_FILE, bundle_metadata, network_definition
+from sscase_monai.bundle import METADATA_FILE, bundle_metadata, network_definition, write_bundle
 from sscase_monai.cli import main
 from sscase_monai.export import (
     CHECK_DICE,
@@ -58,6 +58,7 @@ SCHEMA_REQUIRED = (
     "network_data_format",
 )
 TENSOR_REQUIRED = ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range")
+CHANNEL_NAMES = {str(value): name for name, value in PSFHS_LABELS.items()}
 
 
 def run_cli(*args: str) -> tuple[int, str]:
@@ -65,6 +66,17 @@ def run_cli(*args: str) -> tuple[int, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(["export", *args])
     return code, out.getvalue() + err.getvalue()
+
+
+def run_bundle(bundle: Path, images: Path, workdir: Path) -> Path:
+    """``python -m monai.bundle run`` of the bundle's inference.json on a folder of images; the masks' folder."""
+    out = workdir / "masks"
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs/inference.json")]
+    command += ["--meta_file", str(bundle / METADATA_FILE), "--logging_file", str(bundle / "configs/logging.conf")]
+    command += ["--bundle_root", str(bundle), "--dataset_dir", str(images), "--output_dir", str(out)]
+    done = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -150,13 +162,7 @@ def test_bundle_runs_with_monai_bundle_run_and_predicts_what_the_library_predict
     assert formats["post_processed_outputs"]["pred"]["channel_def"] == {"0": "background", "1": "cerebellum"}
     assert "sscase-monai" in metadata["required_packages_version"]
 
-    out = tmp_path / "masks"
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs/inference.json")]
-    command += ["--meta_file", str(bundle / METADATA_FILE), "--logging_file", str(bundle / "configs/logging.conf")]
-    command += ["--bundle_root", str(bundle), "--dataset_dir", str(check_images), "--output_dir", str(out)]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
+    out = run_bundle(bundle, check_images, tmp_path)
     predictor = Predictor.from_file(STARTER, device="cpu")
     for image in sorted(check_images.iterdir()):
         mask, geometry = io.read_image(out / image.name)  # same name and format as the input
@@ -201,7 +207,7 @@ def test_cli_refuses_an_unusable_out_or_option(tmp_path):
 
 @pytest.mark.data
 @pytest.mark.slow
-def test_three_class_graphs_reproduce_pytorch_on_real_psfhs_images(shared_data, tmp_path):
+def test_three_class_exports_reproduce_pytorch_on_real_psfhs_images(shared_data, tmp_path):
     images = sorted((shared_data / "psfhs" / "images").glob("*.png"))[:8]
     model = three_class_model(tmp_path / "model.pt", images[0])
     for exported in (export_onnx(model, tmp_path / "m.onnx"), export_torchscript(model, tmp_path / "m.ts")):
@@ -210,3 +216,18 @@ def test_three_class_graphs_reproduce_pytorch_on_real_psfhs_images(shared_data, 
         check = check_export(model, loaded, images, source="PSFHS")
         assert check.passed(), check.summary()
         assert check.images == 8 and check.dice >= CHECK_DICE
+
+    bundle = write_bundle(model, tmp_path / "bundle")
+    metadata = json.loads((bundle / METADATA_FILE).read_text())["network_data_format"]
+    assert metadata["post_processed_outputs"]["pred"]["channel_def"] == {"0": "background", **CHANNEL_NAMES}
+    assert metadata["outputs"]["pred"]["channel_def"] == {"0": "background", **CHANNEL_NAMES}
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for image in images[:2]:
+        shutil.copy(image, scans / image.name)
+    out = run_bundle(bundle, scans, tmp_path)
+    predictor = Predictor.from_file(model, device="cpu")
+    for image in sorted(scans.iterdir()):
+        mask, _ = io.read_image(out / image.name)
+        np.testing.assert_array_equal(mask, predictor.predict(image).mask)
+        assert set(np.unique(mask)) == {0, *PSFHS_LABELS.values()}  # every class, with its label value
