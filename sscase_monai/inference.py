@@ -207,6 +207,41 @@ class RestoreToOriginald(MapTransform):
         return d
 
 
+class SaveMaskd(MapTransform):
+    """Write the restored mask of :class:`RestoreToOriginald` beside its siblings, as ``sscase-monai predict`` does.
+
+    The file keeps the input's name and format (see :func:`prediction_path`) and its geometry; the written path goes
+    to ``<key>_path``. Used by the MONAI bundle's post-processing (``sscase_monai.bundle``).
+
+    Args:
+        keys: the mask key(s), ``(H, W)`` uint8 on the original grid.
+        output_dir: folder for the masks (created).
+        ref_image: the image key whose meta has ``"filename_or_obj"`` (the input's file name).
+        output_ext: write this format (``".nrrd"``, ``".nii.gz"``, ``".png"``) instead of the input's.
+    """
+
+    def __init__(
+        self,
+        keys: str | Sequence[str] = "pred",
+        output_dir: str | os.PathLike = ".",
+        ref_image: str = "image",
+        output_ext: str | None = None,
+    ) -> None:
+        super().__init__(keys)
+        self.output_dir = Path(output_dir)
+        self.ref_image = ref_image
+        self.output_ext = output_ext
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        source = d[self.ref_image].meta["filename_or_obj"]
+        for key in self.key_iterator(d):
+            target = prediction_path(source, self.output_dir, self.output_ext)
+            d[f"{key}_path"] = str(io.write_mask(np.asarray(d[key]), d["geometry"], target))
+            logger.info("wrote %s", d[f"{key}_path"])
+        return d
+
+
 class Predictor:
     """A trained network with its preprocessing, ready to segment images.
 

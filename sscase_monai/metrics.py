@@ -379,3 +379,56 @@ def format_metrics_table(
             cells.append(hd95)
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def format_per_class_table(
+    results: Mapping[str, Mapping],
+    labels: Mapping[str, int],
+    decimals: int = 2,
+) -> str:
+    """A Markdown table of every foreground class of multi-class results: one row per method and class.
+
+    Columns: Dice (per-image mean and pooled), Jaccard, precision and recall (per-image mean) in percent, HD95
+    (per-image mean, its unit in the header) and the number of images where HD95 is undefined for the class (exactly
+    one of prediction and target empty; left out of the mean).
+
+    Args:
+        results: ``{method name: segmentation_metrics(...) result}`` (with their ``per_class`` entries).
+        labels: class names and their label values, e.g. ``{"pubic_symphysis": 1, "fetal_head": 2}``.
+        decimals: digits after the point.
+
+    Returns:
+        The table as Markdown text (ends with a newline).
+
+    Raises:
+        ValueError: no results, or a label value missing from a result's classes.
+    """
+    if not results:
+        raise ValueError("no results to format")
+    units = {r.get("hd95_unit", "px") for r in results.values()}
+    hd95_header = f"HD95 mean ({next(iter(units))})" if len(units) == 1 else "HD95 mean"
+    lines = [
+        f"| method | class | Dice mean (%) | Dice pooled (%) | Jaccard mean (%) | precision mean (%) | recall mean (%) "
+        f"| {hd95_header} | HD95 undefined |",
+        "|---|---|" + "---:|" * 7,
+    ]
+
+    def number(value: float, scale: float) -> str:
+        return "n/a" if value is None or math.isnan(value) else f"{value * scale:.{decimals}f}"
+
+    for method, result in results.items():
+        for name, value in sorted(labels.items(), key=lambda item: item[1]):
+            per_class = result.get("per_class", {})
+            if str(value) not in per_class:
+                raise ValueError(f"{method}: no class {value} ({name}) in its results (classes {sorted(per_class)})")
+            summary = per_class[str(value)]
+            mean, pooled = summary["mean"], summary["pooled"]
+            hd95 = number(mean["hd95"], 1.0)
+            if len(units) > 1 and hd95 != "n/a":
+                hd95 += f" {result.get('hd95_unit', 'px')}"
+            cells = [str(method).replace("|", "\\|"), f"{name} ({value})", number(mean["dice"], 100.0)]
+            cells += [number(pooled["dice"], 100.0)]
+            cells += [number(mean[m], 100.0) for m in ("jaccard", "precision", "recall")]
+            cells += [hd95, str(summary["hd95_undefined"])]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

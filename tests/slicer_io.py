@@ -60,3 +60,50 @@ def load_reference_volume(path: str | Path, workdir: str | Path) -> SlicerVolume
         sitk.WriteImage(sitk.ReadImage(str(path)), str(converted))
         path = converted
     return load_volume(path)
+
+
+def import_segments(path: str | Path, label_names: dict[str, int]) -> dict[str, np.ndarray]:
+    """Load a segmentation result into segments as Slicer's MONAI Label module does after **Run**.
+
+    The module (``MONAILabel.py``: ``onClickSegmentation``, ``updateSegmentationMask``) sorts the result's
+    ``label_names`` by value, drops ``background`` and imports the labelmap with those names as segment IDs:
+    label value ``v`` becomes the ``v``-th name. Returns each segment's binary mask (K, J, I order) by name.
+    """
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    if not factory.GetConverterRules():  # Slicer's Segmentations module registers these at start-up
+        factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
+        factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
+    names = [name for name, _ in sorted(label_names.items(), key=lambda item: item[1]) if name != "background"]
+    scene = slicer.vtkMRMLScene()
+    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+    scene.AddNode(labelmap)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    storage.SetSingleFile(True)
+    storage.SetUseOrientationFromFile(True)
+    if not storage.ReadData(labelmap):
+        raise OSError(f"Slicer could not read {path}")
+    segmentation_node = slicer.vtkMRMLSegmentationNode()
+    scene.AddNode(segmentation_node)
+    segment_ids = vtk.vtkStringArray()
+    for name in names:
+        segment_ids.InsertNextValue(name)
+    if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+        labelmap, segmentation_node, segment_ids
+    ):
+        raise OSError(f"Slicer could not import {path} as segments {names}")
+    segmentation = segmentation_node.GetSegmentation()
+    dims = labelmap.GetImageData().GetDimensions()
+    segments: dict[str, np.ndarray] = {}
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(index)
+        image = slicer.vtkOrientedImageData()
+        segmentation_node.GetBinaryLabelmapRepresentation(segment_id, image)
+        i0, i1, j0, j1, k0, k1 = image.GetExtent()
+        full = np.zeros(dims[::-1], np.uint8)
+        if i1 >= i0:  # an empty segment has an empty extent
+            values = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(k1 - k0 + 1, j1 - j0 + 1, i1 - i0 + 1)
+            full[k0 : k1 + 1, j0 : j1 + 1, i0 : i1 + 1] = values
+        segments[segmentation.GetSegment(segment_id).GetName()] = full
+    return segments

@@ -13,6 +13,7 @@ from sscase_monai.metrics import (
     METRIC_NAMES,
     dice_per_image,
     format_metrics_table,
+    format_per_class_table,
     per_image_metrics,
     segmentation_metrics,
 )
@@ -227,6 +228,27 @@ def test_format_metrics_table_mixed_units() -> None:
     assert lines[0].endswith("| HD95 |")
     assert lines[2].endswith("| 3.00 px |")
     assert lines[3].endswith("| 1.50 mm |")
+
+
+def test_format_per_class_table() -> None:
+    target = np.zeros((32, 32), dtype=np.int64)
+    target[5:25, 5:25] = 1
+    target[0:4, 0:4] = 2
+    pred = np.where(target == 1, 0, target)
+    pred[5:25, 8:28] = 1  # class 1 shifted 3 columns (the SHIFTED case); class 2 missed
+    pred[0:4, 0:4] = 0
+    result = segmentation_metrics(pred[None], target[None], num_classes=3)
+    # rows by label value, whatever the order of the names
+    lines = format_per_class_table({"SS_CASE_UNet": result}, {"fetal_head": 2, "pubic_symphysis": 1}).splitlines()
+    assert lines[0].startswith("| method | class | Dice mean (%) | Dice pooled (%) |")
+    assert lines[0].endswith("| HD95 mean (px) | HD95 undefined |")
+    assert lines[2] == "| SS_CASE_UNet | pubic_symphysis (1) | 85.00 | 85.00 | 73.91 | 85.00 | 85.00 | 3.00 | 0 |"
+    assert lines[3] == "| SS_CASE_UNet | fetal_head (2) | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | n/a | 1 |"
+    assert len(lines) == 4
+    with pytest.raises(ValueError, match=r"no class 3 \(other\)"):
+        format_per_class_table({"m": result}, {"other": 3})
+    with pytest.raises(ValueError, match="no results"):
+        format_per_class_table({}, {"a": 1})
 
 
 def test_dice_per_image_binary_and_multiclass():

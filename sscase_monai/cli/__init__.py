@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from sscase_monai import __version__
 
-SUBCOMMANDS: tuple[str, ...] = ("serve", "sample_data", "train", "evaluate", "predict")
+SUBCOMMANDS: tuple[str, ...] = ("serve", "sample_data", "train", "evaluate", "predict", "export")
 """Modules of this package that each add one sub-command through ``add_parser(subparsers)``."""
 
 
@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, one sub-parser per module in :data:`SUBCOMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="sscase-monai",
-        description="SS_CASE_UNet fetal cerebellum segmentation in 2-D ultrasound: train, evaluate, predict, serve.",
+        description="SS_CASE_UNet fetal cerebellum segmentation in 2-D ultrasound: train, evaluate, predict, serve, "
+        "export.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

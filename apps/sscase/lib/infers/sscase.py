@@ -104,6 +104,8 @@ class SSCASEInfer(BasicInferTask):
                 network = optimize_for_inference(network, inplace=True)
                 self._loaded[device] = (network, spec, version)
                 logger.info("infer model %s loaded on %s", path, device)
+                if spec.labels != self.labels:  # results name the model's labels: they say what its mask values are
+                    logger.warning("model %s has labels %s, not the configured %s", path, spec.labels, self.labels)
             network, spec, _ = self._loaded[device]
         return network, spec
 
@@ -139,8 +141,10 @@ class SSCASEInfer(BasicInferTask):
         fd, path = tempfile.mkstemp(prefix="sscase-result-", suffix=extension, dir=result_folder())
         os.close(fd)
         io.write_mask(mask, data["geometry"], path, dtype=dtype)
-        present = {name: int((mask == value).sum()) for name, value in self.labels.items()}
-        return path, {"label_names": self.labels, "pixels": present, "tta": bool(self.inferer(data).tta)}
+        # Slicer names label value v after the v-th name by value (MONAILabel.py: updateSegmentationMask)
+        labels = self.current_model(data["device"])[1].labels
+        present = {name: int((mask == value).sum()) for name, value in labels.items()}
+        return path, {"label_names": labels, "pixels": present, "tta": bool(self.inferer(data).tta)}
 
     def __call__(self, request: dict, callbacks: Any = None) -> tuple[str | None, dict]:
         try:
