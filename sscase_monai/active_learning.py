@@ -3,7 +3,9 @@
 Two scores (higher = the model is less sure, so a label there teaches it more):
 
 - ``"mc_dropout"``: predictive entropy under Monte-Carlo dropout (:func:`sscase_monai.uncertainty.mc_dropout_entropy`).
-- ``"tta"``: disagreement between the method's test-time views (:func:`sscase_monai.tta.tta_disagreement`).
+- ``"tta"``: disagreement between the method's test-time views (:func:`sscase_monai.uncertainty.tta_uncertainty`).
+
+Both scores live in :mod:`sscase_monai.uncertainty`; this module only runs them over image files and ranks.
 
 Scores are computed on 2-D images through the same preprocessing as inference (MONAI Label's own epistemic scoring
 mishandles 2-D inputs).
@@ -18,8 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from sscase_monai.inference import Predictor
-from sscase_monai.tta import tta_disagreement
-from sscase_monai.uncertainty import mc_dropout_entropy
+from sscase_monai.uncertainty import mc_dropout_entropy, tta_uncertainty
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def score_images(
         if method == "mc_dropout":
             score = mc_dropout_entropy(predictor.network, batch, num_samples=num_samples, seed=seed)
         else:
-            score = tta_disagreement(predictor.inferers[True].views(batch, predictor.network))
+            score = tta_uncertainty(predictor.network, batch)
         scores[str(image)] = float(score[0])
     return scores
 

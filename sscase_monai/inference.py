@@ -28,7 +28,7 @@ from sscase_monai import io
 from sscase_monai.model_files import ModelSpec, load_model
 from sscase_monai.probabilities import DEFAULT_THRESHOLD, class_indices, probabilities_from_logits
 from sscase_monai.transforms import build_preprocess, resize_probabilities_to
-from sscase_monai.tta import DEFAULT_TTA, tta_predict, tta_views
+from sscase_monai.tta import DEFAULT_TTA, tta_predict
 
 logger = logging.getLogger(__name__)
 
@@ -161,12 +161,6 @@ class ProbabilityInferer(Inferer):
             else:
                 probabilities = probabilities_from_logits(network(inputs))
         return probabilities.float()
-
-    @torch.no_grad()
-    def views(self, inputs: torch.Tensor, network: Any) -> torch.Tensor:
-        """Every test-time view's aligned probabilities ``(B, V, C, H, W)`` (for a disagreement score)."""
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp and inputs.is_cuda):
-            return tta_views(network, inputs, transforms=DEFAULT_TTA).float()
 
 
 class RestoreToOriginald(MapTransform):

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from sscase_monai.probabilities import ACTIVATIONS, probabilities_from_logits
 from sscase_monai.tta import DEFAULT_TTA, Predictor, tta_disagreement, tta_views
 
 logger = logging.getLogger(__name__)
@@ -86,16 +87,6 @@ def predictive_entropy(probabilities: torch.Tensor) -> torch.Tensor:
     return -(probabilities * p.log()).sum(dim=1)
 
 
-def _activate(logits: torch.Tensor, activation: str) -> torch.Tensor:
-    if activation == "auto":
-        activation = "sigmoid" if logits.shape[1] == 1 else "softmax"
-    if activation == "sigmoid":
-        return torch.sigmoid(logits)
-    if activation == "softmax":
-        return torch.softmax(logits, dim=1)
-    return logits
-
-
 def mc_dropout_entropy(
     model: nn.Module,
     images: torch.Tensor,
@@ -130,8 +121,8 @@ def mc_dropout_entropy(
         raise ValueError(f"images must be (B, C, ...), got shape {tuple(images.shape)}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples!r}")
-    if activation not in ("auto", "sigmoid", "softmax", "none"):
-        raise ValueError(f"activation must be 'auto', 'sigmoid', 'softmax' or 'none', got {activation!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if max_batch_size is not None and max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size!r}")
     batch_size = images.shape[0]
@@ -140,7 +131,7 @@ def mc_dropout_entropy(
         if dropout_layers == 0:
             logger.warning("mc_dropout_entropy: the model has no dropout layer; the score is deterministic")
         chunks = [repeated] if max_batch_size is None else torch.split(repeated, max_batch_size)
-        probabilities = _activate(torch.cat([model(chunk) for chunk in chunks], dim=0), activation)
+        probabilities = probabilities_from_logits(torch.cat([model(chunk) for chunk in chunks], dim=0), activation)
     mean_probability = probabilities.reshape(num_samples, batch_size, *probabilities.shape[1:]).mean(dim=0)
     return predictive_entropy(mean_probability).flatten(start_dim=1).mean(dim=1)
 
