@@ -7,6 +7,7 @@ end marker is kept).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -133,6 +134,29 @@ def serve_worker(workers: Mapping[str, Callable[[dict[str, Any]], Any]], kind: s
     result = workers[kind](json.loads(job))
     if out != "-":
         Path(out).write_text(json.dumps(result))
+    return 0
+
+
+def speed_main(
+    description: str,
+    workers: Mapping[str, Callable[[dict[str, Any]], Any]],
+    measure: Callable[[Plan, int, dict[str, str]], Any],
+    report: Callable[[Any, Plan], list[str]],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """The command line every speed benchmark shares: ``--quick`` (:data:`QUICK` instead of :data:`FULL`),
+    ``--threads``, ``--omp-passive`` and the hidden ``--worker`` of :func:`run_worker`; prints ``report``'s lines."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--omp-passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE in every measured process")
+    parser.add_argument("--worker", nargs=3, metavar=("KIND", "JOB", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return serve_worker(workers, *args.worker)
+    plan = QUICK if args.quick else FULL
+    result = measure(plan, args.threads, thread_env(args.threads, args.omp_passive))
+    print("\n".join(report(result, plan)))
     return 0
 
 

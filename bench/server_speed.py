@@ -11,7 +11,6 @@ Usage: ``.venv/bin/python bench/server_speed.py [--quick]``; ``bench/run.py`` ru
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -32,16 +31,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from common import (  # noqa: E402  (bench/common.py)
-    FULL,
-    QUICK,
     SAMPLE_DATA,
     SHARED_DATA,
     STARTER_MODEL,
     Plan,
     fmt,
-    serve_worker,
+    speed_main,
     stats,
-    thread_env,
 )
 from monailabel.client import MONAILabelClient  # noqa: E402
 
@@ -377,18 +373,10 @@ WORKERS = {"bare": worker_bare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--omp-passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE in every measured process")
-    parser.add_argument("--worker", nargs=3, metavar=("KIND", "JOB", "OUT"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        return serve_worker(WORKERS, *args.worker)
-    plan = QUICK if args.quick else FULL
-    result = measure(plan, args.threads, thread_env(args.threads, args.omp_passive))
-    print("\n".join(report_lines(result, asdict(plan))))
-    return 0
+    def report(result: dict[str, Any], plan: Plan) -> list[str]:
+        return report_lines(result, asdict(plan))
+
+    return speed_main(__doc__.split("\n\n")[0], WORKERS, measure, report, argv)
 
 
 if __name__ == "__main__":

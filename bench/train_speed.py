@@ -8,7 +8,6 @@ Usage: ``.venv/bin/python bench/train_speed.py [--quick]``; ``bench/run.py`` run
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import tempfile
@@ -22,17 +21,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from common import (  # noqa: E402  (bench/common.py)
-    FULL,
     INPUT_SIZE,
-    QUICK,
     SAMPLE_DATA,
     STARTER_MODEL,
     Plan,
     fmt,
     peak_rss_mb,
     run_worker,
-    serve_worker,
-    thread_env,
+    speed_main,
 )
 
 
@@ -143,18 +139,7 @@ WORKERS = {"train": worker_train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--omp-passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE in every measured process")
-    parser.add_argument("--worker", nargs=3, metavar=("KIND", "JOB", "OUT"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        return serve_worker(WORKERS, *args.worker)
-    plan = QUICK if args.quick else FULL
-    result = measure(plan, args.threads, thread_env(args.threads, args.omp_passive))
-    print("\n".join(report_lines(result)))
-    return 0
+    return speed_main(__doc__.split("\n\n")[0], WORKERS, measure, lambda result, plan: report_lines(result), argv)
 
 
 if __name__ == "__main__":
