@@ -151,6 +151,19 @@ def test_run_on_a_png_gives_pixels_unless_a_pixel_size_is_sent(client):
     _, sized = client.infer("sscase", "case_015", {**SLICER_PARAMS, "pixel_size_mm": 0.3, "markups": False})
     assert sized["biometry"]["tcd"]["length_mm"] == pytest.approx(measured["tcd"]["length_px"] * 0.3, rel=1e-4)
     assert "markups" not in sized
+    for bad in ("abc", 0, -1):
+        with pytest.raises(MONAILabelClientException) as refused:
+            client.infer("sscase", "case_015", {**SLICER_PARAMS, "pixel_size_mm": bad})
+        assert refused.value.status_code == 400 and "pixel_size_mm must be a positive number" in refused.value.msg
+
+
+def test_run_result_json_alone_carries_the_markups(server):
+    """What the app README tells a user of a remote server: ``output=json`` gives the markups document."""
+    answer = requests.post(f"{server.url}/infer/sscase?image=case_004&output=json", timeout=60)
+    assert answer.status_code == 200
+    document = answer.json()["markups"]
+    assert document["@schema"].endswith("markups-schema-v1.0.3.json#")
+    assert [m["type"] for m in document["markups"]] == ["Line"]
 
 
 def test_run_with_tta_and_other_result_formats(client, tmp_path):
