@@ -152,9 +152,8 @@ def test_run_on_a_png_gives_pixels_unless_a_pixel_size_is_sent(client):
     assert sized["biometry"]["tcd"]["length_mm"] == pytest.approx(measured["tcd"]["length_px"] * 0.3, rel=1e-4)
     assert "markups" not in sized
     for bad in ("abc", 0, -1):
-        with pytest.raises(MONAILabelClientException) as refused:
+        with pytest.raises(MONAILabelClientException, match="Status: 400.*pixel_size_mm must be a positive number"):
             client.infer("sscase", "case_015", {**SLICER_PARAMS, "pixel_size_mm": bad})
-        assert refused.value.status_code == 400 and "pixel_size_mm must be a positive number" in refused.value.msg
 
 
 def test_run_result_json_alone_carries_the_markups(server):

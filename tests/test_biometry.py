@@ -233,3 +233,22 @@ def test_find_label_takes_the_first_configured_name_case_insensitively():
     assert biometry.find_label(labels, ("skull", "pubic_symphysis")) == ("pubic_symphysis", 1)
     assert biometry.find_label(labels, "cerebellum") is None
     assert biometry.find_label(labels, ()) is None
+
+
+@pytest.mark.data
+def test_hc18_reference_table_and_the_ground_truth_floor(shared_data):
+    """The real ``pixel_size_and_hc.csv`` reads as reference HCs, and the ellipse fit on the filled ground-truth
+    masks stays within a few mm of them (the floor ``bench/hc18_biometry.py`` reports)."""
+    from sscase_monai.evaluation import biometry_columns, hc_agreement, read_pixel_size_csv, read_reference_csv
+
+    val = shared_data / "hc18" / "val"
+    reference = read_reference_csv(val / "pixel_size_and_hc.csv")
+    sizes = read_pixel_size_csv(val / "pixel_size_and_hc.csv")
+    assert len(reference) == 87 and reference["002_HC"] == pytest.approx(68.75)
+    records = []
+    for name in sorted(reference)[:20]:
+        label, _ = io.read_image(val / "labels" / f"{name}.png")
+        records.append({"name": name, **biometry_columns(label, sizes[name], {"head": 1}, prefix="label_")})
+    summary = hc_agreement(records, reference)
+    assert summary["ground_truth"]["mean_abs_diff_mm"] < 2.0
+    assert summary["prediction"]["mean_abs_diff_mm"] is None and summary["missing"] == 20  # no predictions given
