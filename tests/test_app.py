@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,7 @@ def test_run_on_an_uploaded_nifti_keeps_spacing_origin_and_direction(client, tmp
     assert dice(label.array[0], final_label("case_004")) > 0.7
 
 
-def test_run_returns_tcd_in_mm_and_markups_slicer_loads_at_the_expected_ras(client, tmp_path):
+def test_run_returns_tcd_in_mm_and_markups_slicer_loads_at_the_expected_ras(server, client, tmp_path):
     """Biometry of a Run on a scan with non-unit, anisotropic spacing, an origin off zero and a rotated direction:
     the returned ``.mrk.json``, loaded as Slicer loads it, has the TCD end points where the label's own TCD end
     points are in Slicer's RAS (the label read by Slicer, its IJK-to-RAS matrix applied)."""
@@ -126,8 +127,9 @@ def test_run_returns_tcd_in_mm_and_markups_slicer_loads_at_the_expected_ras(clie
     # the markups file, from the JSON and where the server wrote it, loaded with Slicer's markups logic
     document = tmp_path / "biometry.mrk.json"
     document.write_text(json.dumps(params["markups"]))
-    assert Path(params["markups_file"]).name.endswith(".mrk.json")
-    assert json.loads(Path(params["markups_file"]).read_text()) == params["markups"]
+    written = server.workdir / "home" / params["markups_file"]  # relative to the workspace, $SSCASE_MONAI_HOME
+    assert params["markups_file"].startswith("results/markups/tmp") and written.name.endswith(".mrk.json")
+    assert json.loads(written.read_text()) == params["markups"]
     (line,) = load_markups(document)
     assert line.class_name == "vtkMRMLMarkupsLineNode" and line.name == "TCD"
     np.testing.assert_allclose(line.points_ras, expected, atol=1e-3)
@@ -141,7 +143,7 @@ def test_run_tcd_is_close_to_the_sample_datas_ground_truth(client):
     assert params["biometry"]["tcd"]["length_mm"] == pytest.approx(truth, rel=0.1)  # the starter model's mask
 
 
-def test_run_on_a_png_gives_pixels_unless_a_pixel_size_is_sent(client):
+def test_run_on_a_png_gives_pixels_unless_a_pixel_size_is_sent(server, client):
     _, params = client.infer("sscase", "case_015", dict(SLICER_PARAMS))
     measured = params["biometry"]
     assert measured["unit"] == "px" and measured["spacing_mm"] is None
@@ -154,6 +156,11 @@ def test_run_on_a_png_gives_pixels_unless_a_pixel_size_is_sent(client):
     for bad in ("abc", 0, -1):
         with pytest.raises(MONAILabelClientException, match="Status: 400.*pixel_size_mm must be a positive number"):
             client.infer("sscase", "case_015", {**SLICER_PARAMS, "pixel_size_mm": bad})
+    results = server.workdir / "home" / "results"  # a refused request leaves no result file behind
+    deadline = time.monotonic() + 10  # sent results are deleted in a background task
+    while list(results.glob("sscase-result-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not list(results.glob("sscase-result-*"))
 
 
 def test_run_result_json_alone_carries_the_markups(server):

@@ -84,7 +84,7 @@ class SSCASEInfer(BasicInferTask):
     cerebellum's TCD with its end points, a head label's HC; points in Slicer's RAS; lengths in mm, or in pixels
     with a ``spacing_note`` for an image without spacing, unless the request gives ``pixel_size_mm``) and, with
     ``markups`` on, ``markups`` (a Slicer ``.mrk.json`` document: TCD line, HC closed curve) and ``markups_file``
-    (where the server wrote it: ``<workspace>/results/markups/<image id>.mrk.json``).
+    (where the server wrote it, relative to its workspace: ``results/markups/<image id>.mrk.json``).
 
     Args:
         path: candidate model files, lowest priority first.
@@ -166,14 +166,14 @@ class SSCASEInfer(BasicInferTask):
         if dtype not in RESULT_DTYPES:
             raise HTTPException(400, f"result_dtype must be one of {RESULT_DTYPES}, got {dtype!r}")
         mask: np.ndarray = data["pred"]
-        fd, path = tempfile.mkstemp(prefix="sscase-result-", suffix=extension, dir=result_folder())
-        os.close(fd)
-        io.write_mask(mask, data["geometry"], path, dtype=dtype)
         # Slicer names label value v after the v-th name by value (MONAILabel.py: updateSegmentationMask)
         labels = self.current_model(data["device"])[1].labels
         present = {name: int((mask == value).sum()) for name, value in labels.items()}
         result = {"label_names": labels, "pixels": present, "tta": bool(self.inferer(data).tta)}
-        result |= self.measurements(data, mask, labels)
+        result |= self.measurements(data, mask, labels)  # before the label is written: a 400 here leaves no file
+        fd, path = tempfile.mkstemp(prefix="sscase-result-", suffix=extension, dir=result_folder())
+        os.close(fd)
+        io.write_mask(mask, data["geometry"], path, dtype=dtype)
         return path, result
 
     def measurements(self, data: dict, mask: np.ndarray, labels: dict[str, int]) -> dict[str, Any]:
@@ -190,7 +190,8 @@ class SSCASEInfer(BasicInferTask):
             if document is not None:
                 stem = io.image_stem(data.get("image_path") or "result") or "result"
                 written = markups.write_markups(document, result_folder() / "markups" / stem)
-                result["markups_file"] = str(written)
+                # relative to the workspace: a result never shows the server's own paths
+                result["markups_file"] = written.relative_to(default_workspace()).as_posix()
         return result
 
     def __call__(self, request: dict, callbacks: Any = None) -> tuple[str | None, dict]:
