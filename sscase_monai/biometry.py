@@ -1,19 +1,29 @@
-"""Biometry from segmentation masks: diameters, areas and perimeters in millimetres.
+"""Biometry from segmentation masks: diameters, areas and perimeters in millimetres, and where to draw them.
 
-The fetal cerebellum's standard measurement is the transverse cerebellar diameter (TCD), its width across the head's
-midline. A mask alone does not say where the midline is, so TCD here is the cerebellum's **maximum Feret diameter**:
-the longest distance between two points of the largest connected component, measured on the convex hull of its pixel
-squares (each pixel covers a square one spacing wide, so a run of ``n`` pixels measures ``n`` spacings, as a
-sonographer's calipers placed on the outer edges would). The cerebellum is widest across the midline, so the two
-agree closely (within a few tenths of a millimetre on the bundled sample data, whose ``tcd_mm`` is the extent across
-the midline from the first to the last pixel centre plus one pixel).
+**TCD, one definition.** The fetal cerebellum's standard measurement is the transverse cerebellar diameter (TCD): its
+largest width across the head's midline, calipers on the outer edges of the two hemispheres. A mask alone does not say
+where the midline is, but the cerebellum is much wider across it than along it, so its largest width in any direction
+is the transverse one. TCD here (and in the bundled sample data's ``metadata.csv`` ground truth, see
+:mod:`sscase_monai.sample_data`) is therefore the **maximum Feret diameter** of the largest connected component: the
+longest distance between two points of the component, measured on the convex hull of its pixel squares, so both end
+points lie on the outer edges of pixels (a run of ``n`` pixels measures ``n`` spacings, as calipers placed on the
+outer edges would). :func:`max_feret_diameter` also returns the two end points, to draw the caliper line.
 
-For the HC18 data set, the head circumference is the perimeter of an ellipse fitted to the head mask
+**HC.** For the HC18 data set, the head circumference is the perimeter of an ellipse fitted to the head mask
 (:func:`ellipse_circumference_mm`): the ellipse with the same second moments as the mask (scikit-image's
-``regionprops`` axis lengths), its perimeter by Ramanujan's approximation.
+``regionprops``, with the pixel spacing, so anisotropic pixels are handled), its perimeter by Ramanujan's
+approximation. :class:`EllipseFit` gives its centre, semi-axes and angle and points along it.
+
+:func:`measure_biometry` puts it together for one predicted mask on its image's grid: per label the area, TCD for the
+cerebellum with its end points and HC for a head, every point in 3D Slicer's RAS coordinates
+(:meth:`sscase_monai.io.ImageGeometry.index_to_ras`), as a JSON-ready dict; :mod:`sscase_monai.markups` turns it into
+a Slicer markups file.
 
 Spacing is ``(row_mm, col_mm)``, the order of :attr:`sscase_monai.io.ImageGeometry.pixel_spacing_hw`; one number
 means isotropic pixels. With a spacing of 1 every length is in pixels.
+
+No gestational-age estimate is made from the TCD: no published fetal TCD-to-age formula whose coefficients could be
+checked against a source was found (see ``apps/sscase/README.md``).
 """
 
 from __future__ import annotations
@@ -21,13 +31,16 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 from skimage import measure
+
+from sscase_monai.io import ImageGeometry
 
 logger = logging.getLogger(__name__)
 
@@ -61,18 +74,42 @@ class EllipseFit:
         semi_major: semi-axis lengths in the spacing's unit.
         semi_minor: see ``semi_major``.
         centre: ``(row, col)`` in pixels.
-        orientation: angle between the row axis and the major axis in radians (scikit-image's convention).
+        orientation: angle between the row axis and the major axis in radians, in physical (spacing-scaled) space
+            (scikit-image's convention: the major axis points along ``(row, col) = (cos, sin)`` of it).
+        spacing: ``(row_mm, col_mm)`` the fit was made with.
     """
 
     semi_major: float
     semi_minor: float
     centre: tuple[float, float]
     orientation: float
+    spacing: tuple[float, float] = (1.0, 1.0)
 
     @property
     def circumference(self) -> float:
         """Perimeter by Ramanujan's approximation, in the spacing's unit."""
         return ramanujan_perimeter(self.semi_major, self.semi_minor)
+
+    @property
+    def major_axis(self) -> tuple[float, float]:
+        """Unit vector of the major axis in physical ``(row, col)`` space."""
+        return math.cos(self.orientation), math.sin(self.orientation)
+
+    def boundary(self, n: int = 72) -> np.ndarray:
+        """``n`` points evenly spaced in angle along the ellipse, as ``(N, 2)`` pixel coordinates ``(row, col)``.
+
+        Raises:
+            ValueError: ``n`` < 3.
+        """
+        if n < 3:
+            raise ValueError(f"an ellipse needs at least 3 points, got n={n!r}")
+        t = np.linspace(0.0, 2.0 * math.pi, int(n), endpoint=False)
+        u = np.array(self.major_axis)
+        v = np.array([-u[1], u[0]])
+        spacing = np.array(self.spacing)
+        centre = np.array(self.centre) * spacing
+        points = centre + np.outer(self.semi_major * np.cos(t), u) + np.outer(self.semi_minor * np.sin(t), v)
+        return points / spacing
 
 
 @dataclass(frozen=True)
@@ -171,6 +208,8 @@ def max_feret_diameter_mm(mask: np.ndarray, spacing: SpacingLike, label: int | N
 def transverse_cerebellar_diameter_mm(mask: np.ndarray, spacing: SpacingLike, label: int = 1) -> float:
     """TCD: the maximum Feret diameter of the largest cerebellum component, in mm (0 when there is none).
 
+    The project's one definition of the TCD (see the module doc); :func:`max_feret_diameter` gives its end points.
+
     Args:
         mask: ``(H, W)`` label mask.
         spacing: ``(row_mm, col_mm)`` or one number, in mm.
@@ -231,6 +270,7 @@ def fit_ellipse(mask: np.ndarray, spacing: SpacingLike = 1.0, label: int | None 
         semi_minor=float(props.axis_minor_length) / 2.0,
         centre=(float(centre[0]) / row_mm, float(centre[1]) / col_mm),
         orientation=float(props.orientation),
+        spacing=(row_mm, col_mm),
     )
 
 
@@ -262,3 +302,131 @@ def measure_structure(mask: np.ndarray, spacing: SpacingLike, label: int | None 
         perimeter_mm=perimeter_mm(mask, spacing, label),
         components=count_components(mask, label),
     )
+
+
+CEREBELLUM_LABEL = "cerebellum"
+"""Name of the label whose TCD :func:`measure_biometry` reports."""
+
+HEAD_LABELS: tuple[str, ...] = ("head", "fetal_head")
+"""Names tried, in order, for the label whose HC :func:`measure_biometry` reports (HC18 ``head``, PSFHS
+``fetal_head``); the app's ``--conf head_label`` changes them."""
+
+TCD_DEFINITION = (
+    "maximum Feret diameter of the largest cerebellum component: its largest width, end points on the outer pixel "
+    "edges (sscase_monai.biometry)"
+)
+HC_DEFINITION = "perimeter (Ramanujan) of the ellipse with the head mask's second moments (sscase_monai.biometry)"
+
+
+def find_label(labels: Mapping[str, int], names: str | Sequence[str] | None) -> tuple[str, int] | None:
+    """The first of ``names`` (case-insensitive) that ``labels`` has, as ``(name, value)``; ``None`` if none.
+
+    Args:
+        labels: ``{name: mask value}``.
+        names: one name, names in order of preference, or ``None``.
+    """
+    if not names:
+        return None
+    wanted = [names] if isinstance(names, str) else list(names)
+    by_name = {name.strip().lower(): (name, int(value)) for name, value in labels.items()}
+    return next((by_name[n.strip().lower()] for n in wanted if n.strip().lower() in by_name), None)
+
+
+def _rounded(points: np.ndarray, digits: int = 4) -> list[list[float]]:
+    return [[round(float(v), digits) for v in point] for point in np.asarray(points)]
+
+
+def measure_biometry(
+    mask: np.ndarray,
+    geometry: ImageGeometry,
+    labels: Mapping[str, int],
+    spacing: SpacingLike | None,
+    cerebellum: str | Sequence[str] | None = CEREBELLUM_LABEL,
+    head: str | Sequence[str] | None = HEAD_LABELS,
+    curve_points: int = 72,
+) -> dict[str, Any]:
+    """Area of every label, TCD of the cerebellum and HC of the head of one mask, as a JSON-ready dict.
+
+    Lengths are in mm when ``spacing`` is known, else in pixels, and every key says which (``area_mm2`` or
+    ``area_px2``, ``length_mm`` or ``length_px``, ...); without a spacing ``spacing_note`` says so. Points are in
+    3D Slicer's RAS coordinates of the image (``geometry``: origin, spacing and direction from the file; a PNG is at
+    the origin with unit pixels, as Slicer shows it), and as ITK continuous indices ``(i, j)`` = ``(col, row)``.
+
+    Args:
+        mask: ``(H, W)`` class indices on the image's grid.
+        geometry: the image's geometry (where its pixels are in space).
+        labels: ``{name: mask value}`` of the model.
+        spacing: ``(row_mm, col_mm)`` or one number when known (from the file or a pixel-size table); ``None``
+            for an image without one (PNG/JPEG).
+        cerebellum: the label name(s) to report a TCD for (``None``: none).
+        head: the label name(s) to report an HC for, first match wins (``None``: none).
+        curve_points: points along the HC ellipse in ``hc["curve_ras"]``.
+
+    Returns:
+        ``unit``, ``spacing_mm`` (``[row, col]`` or ``None``), ``spacing_note`` (without a spacing),
+        ``coordinate_system`` (``"RAS"``), ``labels`` (per name: ``value``, ``pixels``, area, ``components``),
+        and ``tcd`` / ``hc`` when the model has such a label (``None`` when it is absent from this mask):
+        ``tcd``: ``label``, length, ``endpoints_ras``, ``endpoints_ijk``, ``definition``; ``hc``: ``label``,
+        circumference, semi-axes, ``angle_deg`` (from the image's I axis, along a row, towards its J axis),
+        ``centre_ras``, ``major_axis_ras`` (unit vector), ``curve_ras``, ``definition``.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.shape != geometry.shape_hw:
+        raise ValueError(f"mask of shape {mask.shape} does not fit an image of shape {geometry.shape_hw}")
+    known = spacing is not None
+    row_mm, col_mm = normalize_spacing(spacing) if known else (1.0, 1.0)
+    unit = "mm" if known else "px"
+    result: dict[str, Any] = {"unit": unit, "spacing_mm": [row_mm, col_mm] if known else None}
+    if not known:
+        result["spacing_note"] = (
+            "the image has no pixel spacing (PNG/JPEG carry none): lengths and areas are in pixels, not mm"
+        )
+    result["coordinate_system"] = "RAS"
+    result["labels"] = {
+        name: {
+            "value": int(value),
+            "pixels": int((mask == value).sum()),
+            f"area_{unit}2": round(area_mm2(mask, (row_mm, col_mm), int(value)), 4),
+            "components": count_components(mask, int(value)),
+        }
+        for name, value in labels.items()
+    }
+    found = find_label(labels, cerebellum)
+    if found is not None:
+        name, value = found
+        result["tcd"] = None
+        if (mask == value).any():
+            feret = max_feret_diameter(mask, (row_mm, col_mm), value)
+            ends = np.array(feret.endpoints)
+            result["tcd"] = {
+                "label": name,
+                f"length_{unit}": round(feret.length, 4),
+                "endpoints_ras": _rounded(geometry.index_to_ras(ends)),
+                "endpoints_ijk": _rounded(ends[:, ::-1]),
+                "definition": TCD_DEFINITION,
+            }
+    found = find_label(labels, head)
+    if found is not None:
+        name, value = found
+        result["hc"] = None
+        fit = fit_ellipse(mask, (row_mm, col_mm), value)
+        if fit is not None:
+            centre = np.array([fit.centre])
+            u_row, u_col = fit.major_axis
+            axis_end = centre + np.array([[u_row / row_mm, u_col / col_mm]])
+            centre_ras = geometry.index_to_ras(centre)[0]
+            direction = geometry.index_to_ras(axis_end)[0] - centre_ras
+            result["hc"] = {
+                "label": name,
+                f"circumference_{unit}": round(fit.circumference, 4),
+                f"semi_major_{unit}": round(fit.semi_major, 4),
+                f"semi_minor_{unit}": round(fit.semi_minor, 4),
+                "angle_deg": round(math.degrees(math.atan2(u_row, u_col)) % 180.0, 3),
+                "centre_ras": _rounded(centre_ras[None])[0],
+                "major_axis_ras": _rounded((direction / np.linalg.norm(direction))[None], 6)[0],
+                "curve_ras": _rounded(geometry.index_to_ras(fit.boundary(curve_points))),
+                "definition": HC_DEFINITION,
+            }
+    return result

@@ -9,6 +9,12 @@ HD95 is in millimetres when every image has a pixel spacing, else in pixels for 
 so the averages mean something). An image has a spacing when its file carries one (NIfTI, NRRD; DICOM unless ITK
 reports its default of 1 x 1), or, for PNG/JPEG, when a pixel-size table names it (HC18's ``pixel_size_and_hc.csv``:
 ``filename, pixel_size_mm``; see :func:`read_pixel_size_csv` and :func:`find_pixel_size_csv`).
+
+Biometry (:func:`biometry_columns`): for a model with a ``cerebellum`` label each image gets its TCD, for a head label
+(:data:`sscase_monai.biometry.HEAD_LABELS` by default) its HC, in mm, from the prediction and from the ground truth,
+for images with a spacing. With a reference table (HC18's ``pixel_size_and_hc.csv``: ``head_circumference_mm``,
+:func:`read_reference_csv`) the HC of both is compared with the reference (:func:`hc_agreement`): the ground-truth
+masks' difference is the floor of the estimator (ellipse fit on a filled mask vs the annotated ellipse's perimeter).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from sscase_monai import io
+from sscase_monai import biometry, io
 from sscase_monai.inference import Predictor
 from sscase_monai.metrics import METRIC_NAMES, format_metrics_table, per_image_metrics, segmentation_metrics
 from sscase_monai.transforms import label_to_class_indices
@@ -45,6 +51,9 @@ NAME_COLUMNS: tuple[str, ...] = ("filename", "file", "name", "image")
 
 SIZE_COLUMNS: tuple[str, ...] = ("pixel_size_mm", "pixel_spacing_mm", "spacing_mm")
 """Accepted names of a pixel-size table's pixel-size column (isotropic pixels, mm)."""
+
+REFERENCE_HC_COLUMNS: tuple[str, ...] = ("head_circumference_mm", "hc_mm")
+"""Accepted names of a reference table's head-circumference column (HC18: ``head_circumference_mm``)."""
 
 Spacing = tuple[float, float]
 SpacingLookup = Mapping[str, float | Sequence[float]]
@@ -92,6 +101,127 @@ def read_pixel_size_csv(path: str | os.PathLike) -> dict[str, Spacing]:
             sizes[io.image_stem(name)] = (size, size)
     logger.debug("read %d pixel sizes from %s", len(sizes), path)
     return sizes
+
+
+def read_reference_csv(path: str | os.PathLike) -> dict[str, float]:
+    """Read reference head circumferences: one row per image with its file name and HC in mm.
+
+    Columns: a file name (one of :data:`NAME_COLUMNS`) and an HC (one of :data:`REFERENCE_HC_COLUMNS`; HC18's
+    ``pixel_size_and_hc.csv`` has ``filename`` and ``head_circumference_mm``).
+
+    Returns:
+        ``{image stem: hc_mm}``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the columns are missing, or an HC is not a positive number (the message names file and row).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference table {path} not found")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in reader.fieldnames or []]
+        name_column = next((c for c in NAME_COLUMNS if c in header), None)
+        hc_column = next((c for c in REFERENCE_HC_COLUMNS if c in header), None)
+        if name_column is None or hc_column is None:
+            raise ValueError(
+                f"{path}: a reference table needs a file-name column ({' or '.join(NAME_COLUMNS)}) and a head "
+                f"circumference column ({' or '.join(REFERENCE_HC_COLUMNS)}); found columns {header}"
+            )
+        values: dict[str, float] = {}
+        for line, row in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            name, text = row.get(name_column, ""), row.get(hc_column, "")
+            if not name:
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                value = float("nan")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(
+                    f"{path}, line {line}: head circumference of {name} must be a positive number, got {text!r}"
+                )
+            values[io.image_stem(name)] = value
+    return values
+
+
+def biometry_columns(
+    mask: np.ndarray,
+    spacing: Spacing | None,
+    labels: Mapping[str, int],
+    head_labels: str | Sequence[str] | None = biometry.HEAD_LABELS,
+    prefix: str = "",
+) -> dict[str, float | None]:
+    """``tcd_mm`` (a model with a ``cerebellum`` label) and ``hc_mm`` (a head label) of one mask, ``None`` without a
+    spacing; keys start with ``prefix`` (``"label_"`` for a ground-truth mask). Used by ``predict`` and ``evaluate``.
+
+    Args:
+        mask: ``(H, W)`` class indices.
+        spacing: ``(row_mm, col_mm)`` or ``None``.
+        labels: the model's ``{name: value}``.
+        head_labels: name(s) of the head label, first match wins (see :func:`sscase_monai.biometry.find_label`).
+        prefix: put before each key.
+    """
+    columns: dict[str, float | None] = {}
+    cerebellum = biometry.find_label(labels, biometry.CEREBELLUM_LABEL)
+    if cerebellum is not None:
+        value = biometry.transverse_cerebellar_diameter_mm(mask, spacing, cerebellum[1]) if spacing else None
+        columns[f"{prefix}tcd_mm"] = None if value is None else round(value, 3)
+    head = biometry.find_label(labels, head_labels)
+    if head is not None:
+        value = biometry.ellipse_circumference_mm(mask, spacing, head[1]) if spacing else None
+        columns[f"{prefix}hc_mm"] = None if value is None else round(value, 3)
+    return columns
+
+
+def hc_agreement(records: Sequence[Mapping[str, Any]], reference: Mapping[str, float]) -> dict[str, Any]:
+    """Mean absolute (and mean signed) difference of the predicted and the ground-truth masks' HC from a reference.
+
+    Args:
+        records: rows with ``name`` and ``hc_mm`` (and ``label_hc_mm``), as :func:`evaluate_model` makes them.
+        reference: ``{image stem: hc_mm}`` (:func:`read_reference_csv`).
+
+    Returns:
+        ``n`` (images with a reference and an HC), ``missing`` (images without a reference entry or an HC), and per
+        source (``prediction``, ``ground_truth``) ``mean_abs_diff_mm``, ``mean_diff_mm`` (measured - reference) and
+        ``max_abs_diff_mm``; ``None`` values when no image qualifies.
+    """
+    summary: dict[str, Any] = {}
+    missing = 0
+    for source, column in (("prediction", "hc_mm"), ("ground_truth", "label_hc_mm")):
+        diffs = [
+            float(r[column]) - reference[r["name"]]
+            for r in records
+            if r.get(column) is not None and r["name"] in reference
+        ]
+        if source == "prediction":
+            summary["n"] = len(diffs)
+            missing = len(records) - len(diffs)
+        summary[source] = {
+            "mean_abs_diff_mm": float(np.mean(np.abs(diffs))) if diffs else None,
+            "mean_diff_mm": float(np.mean(diffs)) if diffs else None,
+            "max_abs_diff_mm": float(np.max(np.abs(diffs))) if diffs else None,
+        }
+    summary["missing"] = missing
+    return summary
+
+
+def format_hc_agreement(summary: Mapping[str, Any]) -> str:
+    """One line: the HC mean absolute differences of :func:`hc_agreement`."""
+
+    def part(source: str, what: str) -> str:
+        value = summary[source]["mean_abs_diff_mm"]
+        return f"{what} {value:.2f} mm" if value is not None else f"{what} n/a"
+
+    text = (
+        f"HC vs reference ({summary['n']} image(s)): mean absolute difference "
+        f"{part('prediction', 'prediction')}, {part('ground_truth', 'ground-truth masks')}"
+    )
+    if summary["missing"]:
+        text += f"; {summary['missing']} image(s) without a reference or a spacing left out"
+    return text + "."
 
 
 def _has_size_columns(path: Path) -> bool:
@@ -228,6 +358,7 @@ class EvaluationResult:
         hd95_unit: ``"mm"`` or ``"px"``.
         spacing_sources: how many images got their spacing from the ``"file"``, a ``"table"``, or have ``"none"``.
         cases: the kept best and worst cases (only when asked for: ``keep_cases``).
+        hc_reference: :func:`hc_agreement` of the records with the reference HCs (only when given).
     """
 
     records: list[dict[str, Any]]
@@ -236,6 +367,7 @@ class EvaluationResult:
     hd95_unit: str
     spacing_sources: dict[str, int]
     cases: list[CaseResult] = field(default_factory=list)
+    hc_reference: dict[str, Any] | None = None
 
     @property
     def dice(self) -> list[float]:
@@ -341,6 +473,8 @@ def evaluate_model(
     spacing_lookup: SpacingLookup | None = None,
     batch_size: int = 8,
     keep_cases: int = 0,
+    head_labels: str | Sequence[str] | None = biometry.HEAD_LABELS,
+    reference_hc: Mapping[str, float] | None = None,
 ) -> EvaluationResult:
     """Predict every labelled image and score it on its original grid.
 
@@ -351,9 +485,13 @@ def evaluate_model(
         spacing_lookup: pixel sizes for images whose files carry none (see :func:`read_pixel_size_csv`).
         batch_size: images per forward pass.
         keep_cases: keep the masks of this many best and worst images by Dice (for a report); 0 keeps none.
+        head_labels: the head label's name(s) for the HC columns (see :func:`biometry_columns`).
+        reference_hc: reference HCs by image stem (:func:`read_reference_csv`): adds ``reference_hc_mm``,
+            ``hc_abs_diff_mm`` and ``label_hc_abs_diff_mm`` columns and :attr:`EvaluationResult.hc_reference`.
 
     Returns:
-        The per-image records, the aggregated metrics and the kept cases.
+        The per-image records (with the biometry columns of prediction and ground truth), the aggregated metrics and
+        the kept cases.
 
     Raises:
         ValueError: no pairs; an unreadable image or label, label values outside the model's classes, or a label
@@ -383,12 +521,24 @@ def evaluate_model(
     metrics = segmentation_metrics(predictions, labels, num_classes, spacing=spacings if unit == "mm" else None)
     records = [
         _record(pair, p, t, num_classes, s, src, unit)
+        | biometry_columns(p, s, predictor.spec.labels, head_labels)
+        | biometry_columns(t, s, predictor.spec.labels, head_labels, prefix="label_")
         for pair, p, t, s, src in zip(pairs, predictions, labels, spacings, sources, strict=True)
     ]
+    hc_reference = None
+    if reference_hc is not None:
+        for record in records:
+            ref = reference_hc.get(record["name"])
+            record["reference_hc_mm"] = ref
+            for column in ("hc_mm", "label_hc_mm"):
+                value = record.get(column)
+                diff = abs(value - ref) if value is not None and ref is not None else None
+                record[column.replace("hc_mm", "hc_abs_diff_mm")] = None if diff is None else round(diff, 3)
+        hc_reference = hc_agreement(records, reference_hc)
     cases = [
         CaseResult(kind, rank, records[i], labels[i], predictions[i], spacings[i])
         for kind, rank, i in _select_cases(records, keep_cases)
     ]
     spacing_sources = {src: sources.count(src) for src in ("file", "table", "none")}
     logger.info("evaluated %d images: Dice %.4f (per-image mean)", len(records), metrics["mean"]["dice"])
-    return EvaluationResult(records, metrics, num_classes, unit, spacing_sources, cases)
+    return EvaluationResult(records, metrics, num_classes, unit, spacing_sources, cases, hc_reference)

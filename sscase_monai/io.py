@@ -58,6 +58,33 @@ class ImageGeometry:
         """Spacing along rows and columns ``(row_mm, col_mm)``."""
         return float(self.spacing[1]), float(self.spacing[0])
 
+    def index_to_lps(self, points_rc: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+        """Physical positions (ITK's LPS, mm) of continuous pixel coordinates ``(row, col)``.
+
+        A pixel's centre is at whole coordinates, its corners half a pixel off. ITK's rule: ``origin + direction @
+        (spacing * index)`` with ``index = (col, row[, 0])``.
+
+        Args:
+            points_rc: ``(N, 2)`` pixel coordinates ``(row, col)``.
+
+        Returns:
+            ``(N, 3)`` positions ``(L, P, S)``; ``S`` is 0 for a 2-D image (as Slicer places a PNG).
+        """
+        points = np.asarray(points_rc, np.float64).reshape(-1, 2)
+        dim = len(self.size)
+        index = np.zeros((len(points), dim))
+        index[:, 0], index[:, 1] = points[:, 1], points[:, 0]
+        direction = np.asarray(self.direction, np.float64).reshape(dim, dim)
+        physical = np.asarray(self.origin, np.float64) + (index * np.asarray(self.spacing)) @ direction.T
+        if dim == 2:
+            physical = np.concatenate([physical, np.zeros((len(points), 1))], axis=1)
+        return physical
+
+    def index_to_ras(self, points_rc: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+        """Positions of pixel coordinates ``(row, col)`` as 3D Slicer shows them (RAS, mm): :meth:`index_to_lps`
+        with the first two axes negated (Slicer's IJK-to-RAS matrix of the image)."""
+        return self.index_to_lps(points_rc) * np.array([-1.0, -1.0, 1.0])
+
     def to_dict(self) -> dict[str, list]:
         """Plain lists, safe to keep in MONAI metadata and to collate."""
         return {k: list(v) for k, v in asdict(self).items()}

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from sscase_monai.biometry import transverse_cerebellar_diameter_mm
 from sscase_monai.io import ImageGeometry, write_mask
 
 logger = logging.getLogger(__name__)
@@ -189,8 +190,10 @@ def generate_sample(
     Returns:
         ``(image, mask, info)``: the ``(H, W)`` uint8 B-mode image (0 outside the sector), the ``(H, W)`` uint8
         cerebellum mask (1 = hemispheres and vermis, 0 = background), and a dict of what was simulated, among
-        them ``pixel_spacing_mm``, ``tcd_mm`` (extent of the mask across the midline, see
-        :func:`transverse_diameter_mm`), ``gestational_age_weeks`` and the ``head`` and ``sector`` layouts.
+        them ``pixel_spacing_mm``, ``tcd_mm`` (the mask's TCD as the library measures it everywhere:
+        :func:`sscase_monai.biometry.transverse_cerebellar_diameter_mm`, its largest width with end points on the
+        outer pixel edges), ``tcd_design_mm`` (the width the anatomy was drawn with), ``gestational_age_weeks`` and
+        the ``head`` and ``sector`` layouts.
 
     Raises:
         ValueError: a negative seed, a size under 64 pixels, a non-positive spacing, or a spacing too fine for the
@@ -216,7 +219,7 @@ def generate_sample(
         "size": (width, height),
         "pixel_spacing_mm": spacing,
         "gestational_age_weeks": round(anatomy_mm["ga"], 2),
-        "tcd_mm": round(transverse_diameter_mm(mask, head.transverse_axis, spacing), 2),
+        "tcd_mm": round(transverse_cerebellar_diameter_mm(mask, spacing), 2),
         "tcd_design_mm": round(anatomy_mm["tcd"], 2),
         "bpd_mm": round(anatomy_mm["bpd"], 2),
         "ofd_mm": round(anatomy_mm["bpd"] / anatomy_mm["cephalic_index"], 2),
@@ -225,29 +228,6 @@ def generate_sample(
         "sector": sector,
     }
     return image, mask, info
-
-
-def transverse_diameter_mm(mask: np.ndarray, axis_xy: Sequence[float], spacing: float) -> float:
-    """Extent of a mask along a direction, in mm: the transverse cerebellar diameter when ``axis_xy`` is across the
-    midline.
-
-    Measured from the first to the last pixel centre along the axis, plus one pixel (each pixel's own width), times
-    the spacing.
-
-    Args:
-        mask: ``(H, W)`` mask; non-zero pixels count.
-        axis_xy: direction ``(x, y)`` in image coordinates (normalised here).
-        spacing: isotropic pixel spacing in mm.
-
-    Returns:
-        The extent in mm, 0 for an empty mask.
-    """
-    rows, cols = np.nonzero(mask)
-    if rows.size == 0:
-        return 0.0
-    ux, uy = np.asarray(axis_xy, float) / np.hypot(*axis_xy)
-    along = cols * ux + rows * uy
-    return float((along.max() - along.min() + 1.0) * spacing)
 
 
 def write_sample_dataset(
@@ -703,9 +683,9 @@ for trying the tools out and for tests; they say nothing about how a model does 
   - `file`, `label` (path of the final label, or empty), `labelled` (yes/no), `width`, `height`;
   - `pixel_spacing_mm`: isotropic spacing the image was simulated at ({min(spacings):.3f}-{max(spacings):.3f} mm
     here; for a PNG image only this file knows it);
-  - `tcd_mm`: the ground-truth transverse cerebellar diameter ({min(tcds):.1f}-{max(tcds):.1f} mm here): the extent
-    of the cerebellum mask across the head's midline, from the first to the last pixel centre plus one pixel, times
-    the spacing; given for unlabelled images too;
+  - `tcd_mm`: the ground-truth transverse cerebellar diameter ({min(tcds):.1f}-{max(tcds):.1f} mm here): the
+    cerebellum mask's largest width, end points on the outer pixel edges (its maximum Feret diameter, as
+    `sscase_monai.biometry` measures every TCD), times the spacing; given for unlabelled images too;
   - `gestational_age_weeks`: the age the anatomy was sized for;
   - `sample_seed`: `sscase_monai.sample_data.generate_sample(sample_seed, ({size[0]}, {size[1]}))` gives that image
     and its mask again.

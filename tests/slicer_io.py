@@ -1,4 +1,5 @@
-"""Load files exactly as 3D Slicer does, with Slicer's own MRML library (``slicer-core``: no Qt, no GUI).
+"""Load files exactly as 3D Slicer does, with Slicer's own MRML library (``slicer-core``: no Qt, no GUI): volumes,
+label maps and markups.
 
 Slicer reads volumes through ``vtkMRMLVolumeArchetypeStorageNode`` into a scalar volume node (images) or a labelmap
 volume node (segmentation results); what matters to a user is that both land on the same voxel grid: same
@@ -107,3 +108,42 @@ def import_segments(path: str | Path, label_names: dict[str, int]) -> dict[str, 
             full[k0 : k1 + 1, j0 : j1 + 1, i0 : i1 + 1] = values
         segments[segmentation.GetSegment(segment_id).GetName()] = full
     return segments
+
+
+@dataclass
+class SlicerMarkup:
+    """A markups node as Slicer holds it after loading a ``.mrk.json``: class, name, control points (RAS) and the
+    length Slicer measures (line length, or the closed curve's length along its interpolated curve)."""
+
+    class_name: str
+    name: str
+    points_ras: np.ndarray
+    length: float
+
+
+def load_markups(path: str | Path) -> list[SlicerMarkup]:
+    """Load a markups file as Slicer's **Add Data** / ``slicer.util.loadMarkups`` does: ``vtkSlicerMarkupsLogic``'s
+    ``LoadMarkups``, which creates one node per markup in the file (through ``vtkMRMLMarkupsJsonStorageNode``).
+
+    Slicer's scene always has the selection node singleton the logic looks up; a bare scene gets one here.
+    """
+    scene = slicer.vtkMRMLScene()
+    selection = slicer.vtkMRMLSelectionNode()
+    selection.SetSingletonTag("Singleton")
+    scene.AddNode(selection)
+    logic = slicer.vtkSlicerMarkupsLogic()
+    logic.SetMRMLScene(scene)
+    if not logic.LoadMarkups(str(path)):
+        raise OSError(f"Slicer could not load markups from {path}")
+    loaded = []
+    for class_name in ("vtkMRMLMarkupsLineNode", "vtkMRMLMarkupsClosedCurveNode", "vtkMRMLMarkupsCurveNode"):
+        for index in range(scene.GetNumberOfNodesByClass(class_name)):
+            node = scene.GetNthNodeByClass(index, class_name)
+            if node.GetClassName() != class_name:  # a closed curve is also a curve node
+                continue
+            points = np.array(
+                [list(node.GetNthControlPointPositionWorld(i)) for i in range(node.GetNumberOfControlPoints())]
+            )
+            length = node.GetLineLengthWorld() if class_name.endswith("LineNode") else node.GetCurveLengthWorld()
+            loaded.append(SlicerMarkup(class_name, node.GetName(), points, float(length)))
+    return loaded

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +15,9 @@ import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 from server import ServerProcess, copy_studies, slicer_client
-from slicer_io import load_reference_volume, load_volume
+from slicer_io import load_markups, load_reference_volume, load_volume
 
-from sscase_monai import io
+from sscase_monai import biometry, io
 
 pytestmark = pytest.mark.integration
 
@@ -93,6 +96,80 @@ def test_run_on_an_uploaded_nifti_keeps_spacing_origin_and_direction(client, tmp
     assert label.dimensions == volume.dimensions == (416, 320, 1)
     np.testing.assert_allclose(label.ijk_to_ras, volume.ijk_to_ras, atol=1e-5)
     assert dice(label.array[0], final_label("case_004")) > 0.7
+
+
+def test_run_returns_tcd_in_mm_and_markups_slicer_loads_at_the_expected_ras(server, client, tmp_path):
+    """Biometry of a Run on a scan with non-unit, anisotropic spacing, an origin off zero and a rotated direction:
+    the returned ``.mrk.json``, loaded as Slicer loads it, has the TCD end points where the label's own TCD end
+    points are in Slicer's RAS (the label read by Slicer, its IJK-to-RAS matrix applied)."""
+    image = sitk.ReadImage(str(SAMPLE_DATA / "case_004.nii.gz"))
+    image.SetSpacing((0.31, 0.27, 2.5))
+    image.SetOrigin((12.5, -40.25, 7.0))
+    image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    scan = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(image, str(scan))
+
+    result, params = client.infer("sscase", "", dict(SLICER_PARAMS), file=str(scan))
+    measured = params["biometry"]
+    assert measured["unit"] == "mm" and measured["spacing_mm"] == pytest.approx([0.27, 0.31])
+    assert measured["coordinate_system"] == "RAS" and "spacing_note" not in measured
+    label = load_volume(result, labelmap=True)  # what Slicer shows
+    mask = label.array[0]
+    area = int((mask == 1).sum()) * 0.27 * 0.31
+    assert measured["labels"]["cerebellum"]["area_mm2"] == pytest.approx(area, rel=1e-4)
+    feret = biometry.max_feret_diameter(mask, (0.27, 0.31))
+    tcd = measured["tcd"]
+    assert tcd["length_mm"] == pytest.approx(feret.length, abs=1e-3)
+    expected = np.array([label.ijk_to_ras @ [col, row, 0.0, 1.0] for row, col in feret.endpoints])[:, :3]
+    np.testing.assert_allclose(tcd["endpoints_ras"], expected, atol=1e-3)
+    assert "hc" not in measured  # the cerebellum model has no head label
+
+    # the markups file, from the JSON and where the server wrote it, loaded with Slicer's markups logic
+    document = tmp_path / "biometry.mrk.json"
+    document.write_text(json.dumps(params["markups"]))
+    written = server.workdir / "home" / params["markups_file"]  # relative to the workspace, $SSCASE_MONAI_HOME
+    assert params["markups_file"].startswith("results/markups/tmp") and written.name.endswith(".mrk.json")
+    assert json.loads(written.read_text()) == params["markups"]
+    (line,) = load_markups(document)
+    assert line.class_name == "vtkMRMLMarkupsLineNode" and line.name == "TCD"
+    np.testing.assert_allclose(line.points_ras, expected, atol=1e-3)
+    assert line.length == pytest.approx(feret.length, abs=1e-3)  # Slicer measures the same length
+
+
+def test_run_tcd_is_close_to_the_sample_datas_ground_truth(client):
+    _, params = client.infer("sscase", "case_004", dict(SLICER_PARAMS))
+    with (SAMPLE_DATA / "metadata.csv").open() as f:
+        truth = float(next(r for r in csv.DictReader(f) if r["file"] == "case_004.nii.gz")["tcd_mm"])
+    assert params["biometry"]["tcd"]["length_mm"] == pytest.approx(truth, rel=0.1)  # the starter model's mask
+
+
+def test_run_on_a_png_gives_pixels_unless_a_pixel_size_is_sent(server, client):
+    _, params = client.infer("sscase", "case_015", dict(SLICER_PARAMS))
+    measured = params["biometry"]
+    assert measured["unit"] == "px" and measured["spacing_mm"] is None
+    assert "no pixel spacing" in measured["spacing_note"]
+    assert "length_mm" not in measured["tcd"] and measured["tcd"]["length_px"] > 0
+    assert "no pixel spacing" in params["markups"]["markups"][0]["description"]
+    _, sized = client.infer("sscase", "case_015", {**SLICER_PARAMS, "pixel_size_mm": 0.3, "markups": False})
+    assert sized["biometry"]["tcd"]["length_mm"] == pytest.approx(measured["tcd"]["length_px"] * 0.3, rel=1e-4)
+    assert "markups" not in sized
+    for bad in ("abc", 0, -1):
+        with pytest.raises(MONAILabelClientException, match="Status: 400.*pixel_size_mm must be a positive number"):
+            client.infer("sscase", "case_015", {**SLICER_PARAMS, "pixel_size_mm": bad})
+    results = server.workdir / "home" / "results"  # a refused request leaves no result file behind
+    deadline = time.monotonic() + 10  # sent results are deleted in a background task
+    while list(results.glob("sscase-result-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not list(results.glob("sscase-result-*"))
+
+
+def test_run_result_json_alone_carries_the_markups(server):
+    """What the app README tells a user of a remote server: ``output=json`` gives the markups document."""
+    answer = requests.post(f"{server.url}/infer/sscase?image=case_004&output=json", timeout=60)
+    assert answer.status_code == 200
+    document = answer.json()["markups"]
+    assert document["@schema"].endswith("markups-schema-v1.0.3.json#")
+    assert [m["type"] for m in document["markups"]] == ["Line"]
 
 
 def test_run_with_tta_and_other_result_formats(client, tmp_path):

@@ -18,10 +18,10 @@ import pytest
 import SimpleITK as sitk
 from monailabel.client.client import MONAILabelClientException
 from server import ServerProcess, slicer_client
-from slicer_io import import_segments, load_reference_volume, load_volume
+from slicer_io import import_segments, load_markups, load_reference_volume, load_volume
 from three_class_model import PSFHS_LABELS, three_class_model
 
-from sscase_monai import io
+from sscase_monai import biometry, io
 from sscase_monai.inference import Predictor
 
 pytestmark = pytest.mark.integration
@@ -75,6 +75,21 @@ def test_run_gives_slicer_one_segment_per_structure(server, client, image, tmp_p
     for name, value in PSFHS_LABELS.items():
         np.testing.assert_array_equal(segments[name], (label.array == value).astype(np.uint8), err_msg=name)
     assert params["pixels"] == {name: int((label.array == v).sum()) for name, v in PSFHS_LABELS.items()}
+
+    # the head label's HC (default --conf head_label: head,fetal_head), drawn as a closed curve Slicer loads
+    hc = params["biometry"]["hc"]
+    unit = params["biometry"]["unit"]
+    assert hc["label"] == "fetal_head" and unit == ("px" if image.endswith(".png") else "mm")
+    spacing = io.read_image(server.studies / image)[1].pixel_spacing_hw if unit == "mm" else 1.0
+    assert hc[f"circumference_{unit}"] == pytest.approx(
+        biometry.ellipse_circumference_mm(expected, spacing, 2), abs=1e-3
+    )
+    document = tmp_path / "biometry.mrk.json"
+    document.write_text(json.dumps(params["markups"]))
+    (curve,) = load_markups(document)  # no cerebellum label: no TCD line
+    assert curve.class_name == "vtkMRMLMarkupsClosedCurveNode" and curve.name == "HC"
+    np.testing.assert_allclose(curve.points_ras, hc["curve_ras"], atol=1e-3)
+    assert curve.length == pytest.approx(hc[f"circumference_{unit}"], rel=0.01)  # Slicer's spline through the points
 
 
 def test_submit_label_takes_every_class_and_refuses_others(server, client, tmp_path):

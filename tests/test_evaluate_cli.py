@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from sscase_monai import biometry
 from sscase_monai.cli import main
 from sscase_monai.model_files import ModelSpec, save_model
 
@@ -178,3 +180,47 @@ def test_command_runs_as_a_module(tmp_path, model):
     assert result.returncode == 0, result.stderr
     assert "| SS_CASE_UNet | pooled |" in result.stdout
     assert len(read_csv(tmp_path / "e.csv")) == 4
+
+
+def square_hc_mm(side: int, spacing: float) -> float:
+    """HC of a filled square of ``side`` pixels: its moment ellipse is a circle of radius 2 sqrt((n^2 - 1) / 12)."""
+    radius = 2 * math.sqrt((side * side - 1) / 12) * spacing
+    return biometry.ramanujan_perimeter(radius, radius)
+
+
+def test_tcd_and_hc_columns_and_the_mean_absolute_hc_difference_from_a_reference(tmp_path, model, capsys):
+    images, labels = dataset(tmp_path)  # NIfTI, 0.5 mm: squares of SIDES pixels as labels
+    args = ["evaluate", "--images", str(images), "--labels", str(labels), "--device", "cpu"]
+    assert main([*args, "--model", str(model), "--csv", str(tmp_path / "tcd.csv")]) == 0
+    rows = read_csv(tmp_path / "tcd.csv")
+    assert [float(r["label_tcd_mm"]) for r in rows] == pytest.approx([s * math.sqrt(2) * 0.5 for s in SIDES], abs=1e-3)
+    assert [float(r["tcd_mm"]) for r in rows] == pytest.approx([math.hypot(H, W) * 0.5] * 4, abs=1e-3)  # all of it
+    assert "hc_mm" not in rows[0]
+
+    head = constant_model(tmp_path / "head" / "model.pt", ModelSpec.for_labels({"head": 1}, input_size=64), [10.0])
+    offsets = [1.0, -2.0, 0.5, 2.5]
+    reference = tmp_path / "pixel_size_and_hc.csv"
+    reference.write_text(
+        "filename,pixel_size_mm,head_circumference_mm\n"
+        + "".join(
+            f"case_{i}.png,0.5,{square_hc_mm(s, 0.5) + d:.6f}\n"
+            for i, (s, d) in enumerate(zip(SIDES, offsets, strict=True))
+        )
+    )
+    csv_path = tmp_path / "hc.csv"
+    assert main([*args, "--model", str(head), "--csv", str(csv_path), "--reference-csv", str(reference)]) == 0
+    out = capsys.readouterr().out
+    rows = read_csv(csv_path)
+    assert [float(r["label_hc_mm"]) for r in rows] == pytest.approx([square_hc_mm(s, 0.5) for s in SIDES], abs=1e-3)
+    assert [float(r["label_hc_abs_diff_mm"]) for r in rows] == pytest.approx([abs(d) for d in offsets], abs=2e-3)
+    predicted = float(rows[0]["hc_mm"])  # the whole image: a 72 x 60 pixel rectangle
+    semi = [2 * math.sqrt((n * n - 1) / 12) * 0.5 for n in (W, H)]
+    assert predicted == pytest.approx(biometry.ramanujan_perimeter(*semi), rel=1e-4)
+    refs = [float(r["reference_hc_mm"]) for r in rows]
+    prediction_mad = float(np.mean([abs(predicted - ref) for ref in refs]))
+    assert f"HC vs reference (4 image(s)): mean absolute difference prediction {prediction_mad:.2f} mm" in out
+    assert f"ground-truth masks {np.mean(np.abs(offsets)):.2f} mm." in out
+    bad = tmp_path / "bad.csv"
+    bad.write_text("filename,pixel_size_mm\ncase_0.png,0.5\n")
+    assert main([*args, "--model", str(head), "--reference-csv", str(bad)]) == 2
+    assert "head circumference column" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from sscase_monai import io
+from sscase_monai import biometry, io
 from sscase_monai.cli import main
 from sscase_monai.model_files import ModelSpec, save_model
 
@@ -100,6 +100,7 @@ def test_every_format_keeps_its_geometry_and_gets_a_csv_row(scans, tmp_path, mod
     assert float(nii["tcd_mm"]) == pytest.approx(math.hypot(H * 0.4, W * 0.3), rel=1e-5)  # the whole image
     assert float(nii["confidence_fraction"]) == 1.0 and nii["error"] == ""
     assert rows["s_dcm.dcm"]["spacing_source"] == "file"
+    assert "hc_mm" not in nii  # no head label
     png = rows["s_png.png"]
     assert png["spacing_source"] == "none" and png["cerebellum_area_mm2"] == "" and png["tcd_mm"] == ""
 
@@ -132,6 +133,29 @@ def test_multi_class_masks_hold_label_values_and_a_table_gives_png_areas(scans, 
     assert row["spacing_source"] == "table"
     assert int(row["head_pixels"]) == H * W and int(row["pubic_symphysis_pixels"]) == 0
     assert float(row["head_area_mm2"]) == pytest.approx(H * W * 0.25)
+    # HC of the head label (here the whole image): the moment ellipse of an n-pixel side has semi-axis
+    # 2 sqrt((n^2 - 1) / 12) pixels
+    semi = [2 * math.sqrt((n * n - 1) / 12) * 0.5 for n in (W, H)]
+    assert float(row["hc_mm"]) == pytest.approx(biometry.ramanujan_perimeter(*semi), rel=1e-4)
+    assert read_rows(out / "predictions.csv")["s_jpg.jpg"]["hc_mm"] == ""  # no spacing for it
+    other = tmp_path / "other"
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(models["head"]),
+                "--images",
+                str(scans),
+                "--out",
+                str(other),
+                "--head-label",
+                "skull",
+            ]
+        )
+        == 0
+    )
+    assert "hc_mm" not in read_rows(other / "predictions.csv")["s_png.png"]
 
 
 def test_unreadable_image_is_reported_and_the_rest_are_segmented(scans, tmp_path, models, capsys):

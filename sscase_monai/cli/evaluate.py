@@ -11,7 +11,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from sscase_monai.cli.predict import add_model_arguments, add_pixel_size_argument, load_predictor, pixel_size_lookup
+from sscase_monai.cli.predict import (
+    add_head_label_argument,
+    add_model_arguments,
+    add_pixel_size_argument,
+    load_predictor,
+    pixel_size_lookup,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +43,17 @@ Labels are read with the model's classes: {{0, 1}} or {{0, 255}} for a binary mo
 image and label is checked before the model runs; a missing, unreadable or wrongly-valued label is an error naming
 the file.
 
+Biometry: a model with a "cerebellum" label gets per image tcd_mm (prediction) and label_tcd_mm (ground truth), a
+model with a head label (--head-label) hc_mm and label_hc_mm, for images with a pixel spacing (TCD: largest width
+of the largest component, end points on the outer pixel edges; HC: perimeter of the fitted ellipse).
+--reference-csv FILE (HC18's pixel_size_and_hc.csv: filename, head_circumference_mm) adds reference_hc_mm,
+hc_abs_diff_mm and label_hc_abs_diff_mm and prints the mean absolute HC difference of the predictions and of the
+ground-truth masks (the ellipse-fit estimator's floor) from the reference.
+
 Written:
   --csv FILE       per-image values (name, image, label, size, spacing, metrics as fractions, hd95 and its unit,
-                   tp/fp/fn/tn); default: REPORT/{EVALUATION_CSV} with --report, else ./{EVALUATION_CSV}
+                   tp/fp/fn/tn, the biometry columns); default: REPORT/{EVALUATION_CSV} with --report, else
+                   ./{EVALUATION_CSV}
   --report DIR     overlays of the {REPORT_CASES} best and {REPORT_CASES} worst images by Dice (image, ground truth,
                    prediction), a Dice histogram, learning curves per training stage from the history.csv beside the
                    model file (if any), and index.md / index.html listing them
@@ -74,6 +88,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--report", type=Path, default=None, metavar="DIR", help="write overlays, histogram, learning curves here"
     )
     add_pixel_size_argument(parser)
+    add_head_label_argument(parser)
+    parser.add_argument(
+        "--reference-csv",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="reference head circumferences (columns filename,head_circumference_mm: HC18's "
+        "pixel_size_and_hc.csv): report the mean absolute HC difference in mm",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -81,13 +104,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table, write the CSV (and the report)."""
     from sscase_monai.data import pair_images_with_labels, validate_labelled_pairs
-    from sscase_monai.evaluation import evaluate_model
+    from sscase_monai.evaluation import evaluate_model, format_hc_agreement, read_reference_csv
     from sscase_monai.model_files import ARCHITECTURE_TITLES
 
     pairs = pair_images_with_labels(args.images, args.labels)
     predictor = load_predictor(args)
     validate_labelled_pairs(pairs, num_classes=predictor.spec.num_classes)
     lookup, lookup_path = pixel_size_lookup(args.pixel_size_csv, args.images)
+    reference = read_reference_csv(args.reference_csv) if args.reference_csv is not None else None
     result = evaluate_model(
         predictor,
         pairs,
@@ -95,12 +119,16 @@ def run(args: argparse.Namespace) -> int:
         spacing_lookup=lookup,
         batch_size=args.batch_size,
         keep_cases=REPORT_CASES if args.report else 0,
+        head_labels=args.head_label,
+        reference_hc=reference,
     )
     name = ARCHITECTURE_TITLES[predictor.spec.architecture] + (" + TTA" if args.tta else "")
     table = result.table(name=name)
     print(f"{len(result.records)} image(s), model {args.model}, device {predictor.device}")
     print(table, end="")
     print(result.hd95_note())
+    if result.hc_reference is not None:
+        print(format_hc_agreement(result.hc_reference))
     csv_path = args.csv or (args.report / EVALUATION_CSV if args.report else Path(EVALUATION_CSV))
     result.write_csv(csv_path)
     print(f"per-image values: {csv_path}")

@@ -49,9 +49,10 @@ image's file name without extension (a.nii.gz -> OUT/a.nii.gz, b.jpg -> OUT/b.pn
 
 OUT/predictions.csv has one row per image: file, mask, pixel spacing and where it came from (file / table / none),
 per label its pixel count and area in mm^2 (empty when the spacing is unknown), tcd_mm (the transverse cerebellar
-diameter as the maximum Feret diameter of the largest cerebellum component, for a label named "cerebellum" and a
-known spacing), confidence_fraction (share of pixels whose class probability is >= 0.95), and error (why an image
-was skipped).
+diameter: the largest width of the largest cerebellum component, end points on the outer pixel edges, i.e. its
+maximum Feret diameter; for a label named "cerebellum"), hc_mm (the head circumference: Ramanujan perimeter of the
+ellipse fitted to the head label, the first of --head-label the model has), both empty when the spacing is unknown,
+confidence_fraction (share of pixels whose class probability is >= 0.95), and error (why an image was skipped).
 
 PNG and JPEG carry no pixel spacing: give one with --pixel-size-csv FILE (columns filename,pixel_size_mm, as HC18's
 pixel_size_and_hc.csv). Without it, a table is looked for as in `sscase-monai evaluate` (pixel_size_and_hc.csv or
@@ -119,6 +120,20 @@ def add_pixel_size_argument(parser: argparse.ArgumentParser) -> None:
         help="pixel sizes of images without a spacing of their own (PNG/JPEG): columns filename,pixel_size_mm "
         "(HC18's pixel_size_and_hc.csv); default: pixel_size_and_hc.csv or pixel_size.csv found beside or in the "
         "images folder, or the sample data's metadata.csv in it",
+    )
+
+
+def add_head_label_argument(parser: argparse.ArgumentParser) -> None:
+    """``--head-label`` (shared by ``predict`` and ``evaluate``)."""
+    from sscase_monai.biometry import HEAD_LABELS
+
+    parser.add_argument(
+        "--head-label",
+        type=lambda text: tuple(n.strip() for n in text.split(",") if n.strip()),
+        default=HEAD_LABELS,
+        metavar="NAMES",
+        help="label name(s) whose head circumference (hc_mm) is reported, comma-separated, first match wins "
+        f"(default: {','.join(HEAD_LABELS)})",
     )
 
 
@@ -236,9 +251,13 @@ def prediction_row(
     spacing: tuple[float, float] | None,
     source: str,
     error: str = "",
+    head_labels: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """One row of ``predictions.csv`` (the same columns for a skipped image, left empty)."""
-    from sscase_monai.biometry import transverse_cerebellar_diameter_mm
+    import numpy as np
+
+    from sscase_monai.biometry import HEAD_LABELS
+    from sscase_monai.evaluation import biometry_columns
     from sscase_monai.inference import describe
 
     row: dict[str, Any] = {
@@ -254,19 +273,14 @@ def prediction_row(
         row[f"{name}_pixels"] = pixels
         # describe()'s area assumes the geometry's spacing (1 x 1 for PNG); use the resolved spacing instead
         row[f"{name}_area_mm2"] = round(pixels * spacing[0] * spacing[1], 3) if spacing and pixels != "" else ""
-    cerebellum = _cerebellum_value(spec)
-    if cerebellum is not None:
-        tcd = ""
-        if prediction is not None and spacing is not None:
-            tcd = round(transverse_cerebellar_diameter_mm(prediction.mask, spacing, label=cerebellum), 3)
-        row["tcd_mm"] = tcd
+    heads = HEAD_LABELS if head_labels is None else head_labels
+    if prediction is not None:
+        row |= biometry_columns(prediction.mask, spacing, spec.labels, heads)
+    else:  # the same columns, empty
+        row |= {k: None for k in biometry_columns(np.zeros((1, 1), np.uint8), None, spec.labels, heads)}
     row["confidence_fraction"] = round(prediction.confidence(CONFIDENCE_THRESHOLD), 6) if prediction else ""
     row["error"] = error
     return row
-
-
-def _cerebellum_value(spec: ModelSpec) -> int | None:
-    return next((int(v) for name, v in spec.labels.items() if name.strip().lower() == "cerebellum"), None)
 
 
 def _error_text(path: Path, error: Exception) -> str:
@@ -295,6 +309,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "NIfTI/NRRD, 8-bit x255 for PNG)",
     )
     add_pixel_size_argument(parser)
+    add_head_label_argument(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -319,13 +334,13 @@ def run(args: argparse.Namespace) -> int:
                 f"sscase-monai predict: error: {message} (skipped; continuing with the other images)", file=sys.stderr
             )
             failures.append(path)
-            rows.append(prediction_row(path, None, None, spec, None, "", error=message))
+            rows.append(prediction_row(path, None, None, spec, None, "", error=message, head_labels=args.head_label))
             continue
         mask_path = io.write_mask(result.mask, result.geometry, outputs[path])
         if args.probabilities:
             write_probabilities(result, spec, mask_path, args.out)
         spacing, source = resolve_pixel_spacing(path, result.geometry, lookup)
-        rows.append(prediction_row(path, result, mask_path, spec, spacing, source))
+        rows.append(prediction_row(path, result, mask_path, spec, spacing, source, head_labels=args.head_label))
     csv_path = write_records_csv(rows, args.out / PREDICTIONS_CSV)
     done = len(images) - len(failures)
     print(f"wrote {done} mask(s) to {args.out}; per-image summary in {csv_path}")

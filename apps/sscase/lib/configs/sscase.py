@@ -18,6 +18,7 @@ import lib.infers
 import lib.scoring
 import lib.trainers
 from lib.activelearning import HighestScore
+from sscase_monai.biometry import HEAD_LABELS
 from sscase_monai.model_files import DEFAULT_LABELS, ModelSpec
 from sscase_monai.training import TrainingConfig
 
@@ -41,6 +42,9 @@ class SSCASE(TaskConfig):
         input_size: network input side, a multiple of 32 [256].
         denoise: the method's 5x5 median filter before the network [true].
         tta: test-time augmentation for infer by default (a request may override) [false].
+        head_label: label name(s), comma-separated, whose head circumference a Run reports, first match wins;
+            ``none``: no HC [head,fetal_head].
+        markups: a Run returns and writes a Slicer markups file of its TCD / HC (a request may override) [true].
         starter_model: use the bundled starter model until a model is trained [true].
         epistemic_samples: MC-dropout passes per image for epistemic scoring [8].
         scoring: run the scoring methods (``epistemic``, ``tta``) [true].
@@ -61,6 +65,8 @@ class SSCASE(TaskConfig):
         pretrained = conf.get("pretrained", "true")
         self.pretrained: bool | str = strtobool(pretrained) if pretrained.lower() in ("true", "false") else pretrained
         self.tta = strtobool(conf.get("tta", "false"))
+        self.head_labels = _parse_names(conf.get("head_label", ",".join(HEAD_LABELS)))
+        self.markups = strtobool(conf.get("markups", "true"))
         self.published_path = os.path.join(model_dir, f"{name}.pt")
         use_starter = strtobool(conf.get("starter_model", "true")) and self.labels == DEFAULT_LABELS
         # BasicInferTask convention: the last existing path wins, so a trained model replaces the starter
@@ -71,7 +77,9 @@ class SSCASE(TaskConfig):
         logger.info("sscase: labels %s, %s, model %s", self.labels, self.spec, self.path)
 
     def infer(self) -> InferTask:
-        return lib.infers.SSCASEInfer(path=self.path, labels=self.labels, tta=self.tta)
+        return lib.infers.SSCASEInfer(
+            path=self.path, labels=self.labels, tta=self.tta, head_labels=self.head_labels, markups=self.markups
+        )
 
     def trainer(self) -> TrainTask:
         return lib.trainers.SSCASETrain(
@@ -100,6 +108,12 @@ class SSCASE(TaskConfig):
             ),
             "tta": lib.scoring.UncertaintyScoring(path=self.path, method="tta", key=TTA_KEY),
         }
+
+
+def _parse_names(value: str) -> tuple[str, ...]:
+    """``"head,fetal_head"`` -> ``("head", "fetal_head")``; ``none`` or empty -> ``()``."""
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    return () if [n.lower() for n in names] == ["none"] else names
 
 
 def _parse_labels(value: str | None) -> dict[str, int]:

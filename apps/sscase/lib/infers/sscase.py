@@ -20,7 +20,8 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.generic import strtobool
 
 from lib.datastore import refusal_status
-from sscase_monai import io
+from sscase_monai import biometry, io, markups
+from sscase_monai.evaluation import file_pixel_spacing
 from sscase_monai.inference import ProbabilityInferer, RestoreToOriginald, optimize_for_inference
 from sscase_monai.model_files import ModelSpec, load_model
 from sscase_monai.paths import default_workspace
@@ -49,6 +50,17 @@ def refuse_blank_image(image: torch.Tensor) -> torch.Tensor:
     return image
 
 
+def _pixel_size(value: Any) -> float:
+    """Request param ``pixel_size_mm``: a positive number (400 otherwise)."""
+    try:
+        size = float(value)
+    except (TypeError, ValueError):
+        size = float("nan")
+    if not (size > 0 and size < float("inf")):
+        raise HTTPException(400, f"pixel_size_mm must be a positive number of mm, got {value!r}")
+    return size
+
+
 class NoModelError(HTTPException):
     """409: no trained model exists yet (never run random weights)."""
 
@@ -68,13 +80,28 @@ class SSCASEInfer(BasicInferTask):
     picked up at the next request (its modification time is checked). The result is a ``uint8`` label image with the
     input's size, spacing, origin and direction, in the requested ``result_extension`` (Slicer asks for ``.nrrd``).
 
+    The result JSON also has ``biometry`` (:func:`sscase_monai.biometry.measure_biometry`: per label its area, the
+    cerebellum's TCD with its end points, a head label's HC; points in Slicer's RAS; lengths in mm, or in pixels
+    with a ``spacing_note`` for an image without spacing, unless the request gives ``pixel_size_mm``) and, with
+    ``markups`` on, ``markups`` (a Slicer ``.mrk.json`` document: TCD line, HC closed curve) and ``markups_file``
+    (where the server wrote it, relative to its workspace: ``results/markups/<image id>.mrk.json``).
+
     Args:
         path: candidate model files, lowest priority first.
         labels: label names and values.
         tta: test-time augmentation by default (request param ``tta`` overrides).
+        head_labels: label names whose HC is reported, first match wins (``()``: none).
+        markups: return and write the markups by default (request param ``markups`` overrides).
     """
 
-    def __init__(self, path: Sequence[str | None], labels: dict[str, int], tta: bool = False) -> None:
+    def __init__(
+        self,
+        path: Sequence[str | None],
+        labels: dict[str, int],
+        tta: bool = False,
+        head_labels: Sequence[str] = biometry.HEAD_LABELS,
+        markups: bool = True,
+    ) -> None:
         super().__init__(
             path=[p for p in path if p],
             network=None,
@@ -82,8 +109,9 @@ class SSCASEInfer(BasicInferTask):
             labels=labels,
             dimension=2,
             description="SS_CASE_UNet segmentation of 2-D ultrasound (fetal cerebellum by default)",
-            config={"tta": tta},
+            config={"tta": tta, "markups": markups},
         )
+        self.head_labels = tuple(head_labels)
         self._lock = threading.Lock()
         self._loaded: dict[str, tuple[torch.nn.Module, ModelSpec, tuple[str, float]]] = {}
 
@@ -138,13 +166,33 @@ class SSCASEInfer(BasicInferTask):
         if dtype not in RESULT_DTYPES:
             raise HTTPException(400, f"result_dtype must be one of {RESULT_DTYPES}, got {dtype!r}")
         mask: np.ndarray = data["pred"]
-        fd, path = tempfile.mkstemp(prefix="sscase-result-", suffix=extension, dir=result_folder())
-        os.close(fd)
-        io.write_mask(mask, data["geometry"], path, dtype=dtype)
         # Slicer names label value v after the v-th name by value (MONAILabel.py: updateSegmentationMask)
         labels = self.current_model(data["device"])[1].labels
         present = {name: int((mask == value).sum()) for name, value in labels.items()}
-        return path, {"label_names": labels, "pixels": present, "tta": bool(self.inferer(data).tta)}
+        result = {"label_names": labels, "pixels": present, "tta": bool(self.inferer(data).tta)}
+        result |= self.measurements(data, mask, labels)  # before the label is written: a 400 here leaves no file
+        fd, path = tempfile.mkstemp(prefix="sscase-result-", suffix=extension, dir=result_folder())
+        os.close(fd)
+        io.write_mask(mask, data["geometry"], path, dtype=dtype)
+        return path, result
+
+    def measurements(self, data: dict, mask: np.ndarray, labels: dict[str, int]) -> dict[str, Any]:
+        """``biometry`` of the mask and, unless turned off, its ``markups`` document and ``markups_file``."""
+        geometry: io.ImageGeometry = data["geometry"]
+        spacing = file_pixel_spacing(data.get("image_path") or "", geometry)
+        if spacing is None and data.get("pixel_size_mm") not in (None, ""):
+            spacing = _pixel_size(data["pixel_size_mm"])
+        measured = biometry.measure_biometry(mask, geometry, labels, spacing, head=self.head_labels)
+        result: dict[str, Any] = {"biometry": measured}
+        if strtobool(str(data.get("markups", self._config["markups"]))):
+            document = markups.biometry_markups(measured)
+            result["markups"] = document
+            if document is not None:
+                stem = io.image_stem(data.get("image_path") or "result") or "result"
+                written = markups.write_markups(document, result_folder() / "markups" / stem)
+                # relative to the workspace: a result never shows the server's own paths
+                result["markups_file"] = written.relative_to(default_workspace()).as_posix()
+        return result
 
     def __call__(self, request: dict, callbacks: Any = None) -> tuple[str | None, dict]:
         try:
