@@ -116,3 +116,21 @@ def test_submit_label_takes_every_class_and_refuses_others(server, client, tmp_p
         client.save_label("case_004", str(bad))
     assert "outside the 3 configured classes" in str(refused.value.msg)
     np.testing.assert_array_equal(io.read_image(stored)[0], mask[0] * (mask[0] < 3))  # the saved label is kept
+
+
+def test_results_name_the_served_models_labels_not_the_configured_ones(tmp_path):
+    # MONAI Label overwrites the writer's label_names with the configured labels; Slicer names the mask values by
+    # label_names, so a model whose labels differ from --conf labels must still be described by its own
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    shutil.copy(SAMPLE_DATA / IMAGES[0], studies / IMAGES[0])
+    configured = {"structure_a": 1, "structure_b": 2}
+    process = ServerProcess(studies, tmp_path / "server", conf=[("labels", json.dumps(configured))], env=QUIET)
+    three_class_model(process.model_dir / "sscase.pt", studies / IMAGES[0])
+    with process as running:
+        client = slicer_client(running)
+        assert client.info()["models"]["sscase"]["labels"] == configured
+        result, params = client.infer("sscase", io.image_stem(IMAGES[0]), dict(SLICER_PARAMS))
+    assert params["label_names"] == PSFHS_LABELS
+    assert "_model_label_names" not in params
+    assert set(np.unique(load_volume(result, labelmap=True).array)) == {0, *PSFHS_LABELS.values()}

@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 RESULT_DTYPES = ("uint8", "uint16", "int16", "int32")
 
 
+_MODEL_LABELS = "_model_label_names"
+"""Where the writer keeps the served model's labels until :meth:`SSCASEInfer.__call__` restores them."""
+
+
 def result_folder() -> Path:
     """Where results wait to be sent: ``<workspace>/results`` (``$SSCASE_MONAI_HOME`` or ``~/.local/share/...``).
 
@@ -169,7 +173,7 @@ class SSCASEInfer(BasicInferTask):
         # Slicer names label value v after the v-th name by value (MONAILabel.py: updateSegmentationMask)
         labels = self.current_model(data["device"])[1].labels
         present = {name: int((mask == value).sum()) for name, value in labels.items()}
-        result = {"label_names": labels, "pixels": present, "tta": bool(self.inferer(data).tta)}
+        result = {"label_names": labels, _MODEL_LABELS: labels, "pixels": present, "tta": bool(self.inferer(data).tta)}
         result |= self.measurements(data, mask, labels)  # before the label is written: a 400 here leaves no file
         fd, path = tempfile.mkstemp(prefix="sscase-result-", suffix=extension, dir=result_folder())
         os.close(fd)
@@ -196,7 +200,7 @@ class SSCASEInfer(BasicInferTask):
 
     def __call__(self, request: dict, callbacks: Any = None) -> tuple[str | None, dict]:
         try:
-            return super().__call__(request, callbacks)
+            label, result = super().__call__(request, callbacks)
         except HTTPException:
             raise
         except io.ImageReadError as e:
@@ -206,3 +210,8 @@ class SSCASEInfer(BasicInferTask):
             if isinstance(cause, io.ImageReadError | ValueError):
                 raise HTTPException(status_code=422, detail=str(cause)) from e
             raise
+        # MONAI Label replaces the writer's label_names with the configured labels after writing; Slicer names the
+        # mask values by label_names, so they must be the served model's own (what its mask values mean)
+        if isinstance(result, dict) and _MODEL_LABELS in result:
+            result["label_names"] = result.pop(_MODEL_LABELS)
+        return label, result
