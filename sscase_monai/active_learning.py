@@ -160,6 +160,17 @@ def nearest_center_distance(candidates: np.ndarray, centers: np.ndarray) -> np.n
     return (1.0 - candidates @ centers.T).min(axis=1).clip(min=0.0)
 
 
+def coverage_distance(candidates: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """How far each candidate is from what is labelled: :func:`nearest_center_distance` to ``centers``; without a
+    center, the distance to the candidates' mean direction (the most atypical image first)."""
+    if len(centers):
+        return nearest_center_distance(candidates, centers)
+    if len(candidates) == 0:
+        return np.zeros(0, np.float32)
+    mean = candidates.mean(axis=0, keepdims=True)
+    return nearest_center_distance(candidates, mean / max(float(np.linalg.norm(mean)), 1e-12))
+
+
 def k_center_greedy(candidates: np.ndarray, centers: np.ndarray, k: int) -> list[int]:
     """Core-set selection: ``k`` candidate indices, each the farthest from the centers and the earlier picks.
 
@@ -177,11 +188,7 @@ def k_center_greedy(candidates: np.ndarray, centers: np.ndarray, k: int) -> list
     k = min(k, len(candidates))
     if k == 0:
         return []
-    if len(centers):
-        distance = nearest_center_distance(candidates, centers)
-    else:
-        mean = candidates.mean(axis=0, keepdims=True)
-        distance = nearest_center_distance(candidates, mean / max(float(np.linalg.norm(mean)), 1e-12))
+    distance = coverage_distance(candidates, centers)
     picks: list[int] = []
     for _ in range(k):
         index = int(np.argmax(distance))

@@ -29,10 +29,11 @@ STARTER_MODEL = os.path.join(APP_DIR, "starter", "sscase_starter.pt")
 
 EPISTEMIC_KEY = "epistemic_entropy"
 TTA_KEY = "tta_disagreement"
+DIVERSITY_KEY = "diversity_distance"
 
 
 class SSCASE(TaskConfig):
-    """SS_CASE_UNet: infer, three-stage train, MC-dropout and TTA scoring, and their active-learning strategies.
+    """SS_CASE_UNet: infer, three-stage train, MC-dropout, TTA and diversity scoring, and their strategies.
 
     Options (``--conf KEY VALUE``; defaults in brackets, all listed in ``apps/sscase/README.md``):
         labels: JSON ``{"name": value}`` of the structures to segment [``{"cerebellum": 1}``].
@@ -43,7 +44,7 @@ class SSCASE(TaskConfig):
         tta: test-time augmentation for infer by default (a request may override) [false].
         starter_model: use the bundled starter model until a model is trained [true].
         epistemic_samples: MC-dropout passes per image for epistemic scoring [8].
-        scoring: run the scoring methods (``epistemic``, ``tta``) [true].
+        scoring: run the scoring methods (``epistemic``, ``tta``, ``diversity``) [true].
         train_epochs: epochs of stages 1,2,3 [20,50,30].  train_stages: stages to run [1,2,3].
         train_batch_size [8], train_samples_per_image [32], train_val_split [0.2], train_workers [0],
         train_device [auto], train_consistency_weight [0].
@@ -89,6 +90,7 @@ class SSCASE(TaskConfig):
         return {
             "epistemic": HighestScore(EPISTEMIC_KEY, "Most uncertain under MC dropout (predictive entropy)"),
             "tta": HighestScore(TTA_KEY, "Most disagreement between test-time augmentation views"),
+            "diversity": HighestScore(DIVERSITY_KEY, "Farthest from every labelled image (encoder features, core-set)"),
         }
 
     def scoring_method(self) -> dict[str, ScoringMethod]:
@@ -99,6 +101,7 @@ class SSCASE(TaskConfig):
                 path=self.path, method="mc_dropout", key=EPISTEMIC_KEY, num_samples=self.epistemic_samples
             ),
             "tta": lib.scoring.UncertaintyScoring(path=self.path, method="tta", key=TTA_KEY),
+            "diversity": lib.scoring.DiversityScoring(path=self.path, key=DIVERSITY_KEY),
         }
 
 
