@@ -130,6 +130,7 @@ def simulate(folders: dict[str, Path], out: Path, strategies: str = ",".join(ARM
             "--batch-size", "4",
             "--mc-samples", "2",
             "--device", "cpu",
+            "--threads", "1",
             "--no-progress",
             "--out", str(out),
         ]

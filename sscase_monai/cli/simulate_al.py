@@ -30,7 +30,8 @@ reference: every pool image labelled from round 0, the same rounds and schedule;
 full-data Dice of the summary). NAME+pl pseudo-labels the rest of the pool each round (stage 3).
 
 Written to OUT (rerunning the same command skips finished rounds; other arms or seeds can be added later):
-  results.csv            strategy, pseudo_label, seed, round, n_labels, dice, dice_pooled, hd95, timings
+  results.csv            strategy, pseudo_label, seed, round, n_labels, dice, dice_pooled, hd95 (mm where the
+                         image files carry a spacing, else pixels), accepted pseudo-labels, timings
   learning_curve.png     Dice vs labels: mean over seeds, band = min-max, one line per strategy
   summary.txt            labels needed to reach --targets of the full-data Dice, per strategy
   seed{S}/{arm}/round{R}.json + round{R}/   each finished round and its training run
@@ -87,6 +88,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     schedule.add_argument("--batch-size", type=positive_int, default=8, metavar="B", help="images per step (8)")
     schedule.add_argument("--device", type=parse_device, default="auto", help="auto, cpu, cuda or cuda:N")
+    schedule.add_argument(
+        "--threads", type=positive_int, metavar="N", help="torch CPU threads (default: torch's; 1 on a busy CPU)"
+    )
     schedule.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
@@ -131,8 +135,12 @@ def build_simulation(args: argparse.Namespace):  # noqa: ANN201  (heavy import)
 
 def run(args: argparse.Namespace) -> int:
     """Simulate; print the summary and where the outputs are."""
+    import torch
+
     from sscase_monai.al_simulation import CURVE_PNG, RESULTS_CSV, SUMMARY_TXT
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     simulation = build_simulation(args)
     rows = simulation.run()
     print((args.out / SUMMARY_TXT).read_text(), end="")
