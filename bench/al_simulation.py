@@ -46,6 +46,7 @@ from sscase_monai.al_simulation import (  # noqa: E402
     RoundSchedule,
     SimulationConfig,
     curves,
+    labels_to_reach,
     plot_learning_curve,
     summary_lines,
 )
@@ -167,18 +168,34 @@ def _paired(rows: list[dict], arm: str, reference: str = "random") -> str | None
     return f"{arm} - {reference}: {np.mean(diffs):+.2f} Dice points (mean over rounds 1+; per seed {values})"
 
 
+def _labels_to_match_random(rows: list[dict]) -> list[str]:
+    """Per arm: the fewest labels whose mean Dice reaches random's mean Dice at its most labels."""
+    by_arm = {arm: curve for arm, curve in curves(rows).items() if arm != FULL}
+    if "random" not in by_arm:
+        return []
+    most = max(by_arm["random"])
+    target = float(np.mean(by_arm["random"][most]))
+    lines = []
+    for arm, curve in by_arm.items():
+        needed = labels_to_reach(curve, target)
+        reached = f"{needed} labels" if needed is not None else f"not reached with {max(curve)} labels"
+        lines.append(f"{arm}: random's {most}-label Dice ({100 * target:.2f} %) with {reached}")
+    return lines
+
+
 def render(args: argparse.Namespace, rows: list[dict], seconds: float) -> str:
     config, _, val = build(args)
     host = machine()
     command = "nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/al_simulation.py --data " + shlex.quote(
         str(args.data)
     )
+    out = args.out.relative_to(REPO_ROOT) if args.out.is_relative_to(REPO_ROOT) else args.out
     cli = (
         f"sscase-monai simulate-al --images {args.data}/train/images --labels {args.data}/train/labels "
         f"--val-images {args.data}/val/images --val-labels {args.data}/val/labels --val-limit {args.val_limit} "
         f"--start {args.start} --step {args.step} --rounds {args.rounds} "
         f"--strategies random,epistemic,tta,diversity --seeds {args.seeds} --input-size {args.input_size} "
-        f"--epochs {args.epochs} --samples {args.samples} --lr {args.lr} --device cpu --out {args.out}"
+        f"--epochs {args.epochs} --samples {args.samples} --lr {args.lr} --device cpu --threads 1 --out {out}"
     )
     paired = [p for p in (_paired(rows, a) for a in ("epistemic", "tta", "diversity", "epistemic+pl",
                                                       "tta+pl", "diversity+pl")) if p]  # fmt: skip
@@ -209,7 +226,7 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float) -> str:
             f"schedule with all {len(build(args)[1])} pool images labelled from round 0, last round, seeds "
             f"{args.full_seeds}. Seeds: {args.seeds} (pseudo-labelling arms: {args.pl_seeds}).",
             "",
-            f"Command: `{command}` (phases main, full, pl into `{args.out.relative_to(REPO_ROOT) if args.out.is_relative_to(REPO_ROOT) else args.out}`; rerunning skips finished rounds). "  # noqa: E501
+            f"Command: `{command}` (phases main, full, pl into `{out}`; rerunning skips finished rounds). "
             f"Phase 1 alone is `{cli}`.",
             "",
             "![Dice vs labels](al_curve.png)",
@@ -219,6 +236,10 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float) -> str:
             _table(rows),
             "",
             *[f"- {line}" for line in summary_lines(rows, TARGETS)],
+            "",
+            "Labels needed to reach random's Dice with the most labels (mean over seeds):",
+            "",
+            *[f"- {line}" for line in _labels_to_match_random(rows)],
             "",
             "Paired by seed (same start set and round-0 model):",
             "",

@@ -226,7 +226,7 @@ class ActiveLearningSimulation:
         self.val_items = [{"image": str(i["image"]), "label": str(i["label"])} for i in val_items]
         self.labels = {item["image"]: item["label"] for item in self.pool}
         needed = config.n_labels(config.rounds - 1)
-        if any(not a.strategy == FULL for a in config.arms) and needed > len(self.pool):
+        if any(a.strategy != FULL for a in config.arms) and needed > len(self.pool):
             raise ValueError(
                 f"{config.rounds} rounds from {config.start} labels by {config.step} need {needed} pool images, "
                 f"the pool has {len(self.pool)}"
@@ -435,13 +435,19 @@ def curves(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, list[float]
     return out
 
 
-def full_data_dice(rows: Sequence[Mapping[str, Any]]) -> float | None:
-    """Mean over seeds of the ``full`` arm's last-round Dice (``None`` without a full arm)."""
+def _full_last_round(rows: Sequence[Mapping[str, Any]]) -> list[float]:
+    """The ``full`` arm's Dice in its last round, one value per seed that finished that round."""
     full = [r for r in rows if r["strategy"] == FULL and not _truthy(r["pseudo_label"])]
     if not full:
-        return None
+        return []
     last = max(int(r["round"]) for r in full)
-    return float(np.mean([float(r["dice"]) for r in full if int(r["round"]) == last]))
+    return [float(r["dice"]) for r in full if int(r["round"]) == last]
+
+
+def full_data_dice(rows: Sequence[Mapping[str, Any]]) -> float | None:
+    """Mean over seeds of the ``full`` arm's last-round Dice (``None`` without a full arm)."""
+    values = _full_last_round(rows)
+    return float(np.mean(values)) if values else None
 
 
 def labels_to_reach(curve: Mapping[int, Sequence[float]], target: float) -> int | None:
@@ -459,7 +465,7 @@ def summary_lines(rows: Sequence[Mapping[str, Any]], targets: Sequence[float] = 
     if full is None:
         lines = ["full-data Dice: not simulated (add the 'full' strategy); labels needed not computed"]
     else:
-        seeds = len({r["seed"] for r in rows if r["strategy"] == FULL})
+        seeds = len(_full_last_round(rows))
         lines = [f"full-data Dice: {full:.4f} (the 'full' arm's last round, mean of {seeds} seed(s))"]
     for arm, curve in by_arm.items():
         if arm == FULL:
@@ -479,7 +485,8 @@ def summary_lines(rows: Sequence[Mapping[str, Any]], targets: Sequence[float] = 
 def plot_learning_curve(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str | None = None) -> Path:
     """Dice vs number of labels: mean over seeds (line) and min-max over seeds (band), one line per arm.
 
-    The ``full`` arm is drawn as a horizontal line at its last round's mean Dice.
+    One colour per strategy, dashed with pseudo-labelling; the ``full`` arm is a horizontal line at its last round's
+    mean Dice.
     """
     import matplotlib
 
@@ -487,6 +494,8 @@ def plot_learning_curve(rows: Sequence[Mapping[str, Any]], path: str | os.PathLi
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    order = (*STRATEGIES, FULL)
     for arm, curve in curves(rows).items():
         if arm == FULL:
             full = full_data_dice(rows)
@@ -496,8 +505,18 @@ def plot_learning_curve(rows: Sequence[Mapping[str, Any]], path: str | os.PathLi
         x = sorted(curve)
         values = [np.asarray(curve[n]) for n in x]
         mean = [float(v.mean()) for v in values]
-        (line,) = axes.plot(x, mean, marker="o", markersize=3, label=f"{arm} (n={max(len(v) for v in values)})")
-        axes.fill_between(x, [v.min() for v in values], [v.max() for v in values], color=line.get_color(), alpha=0.15)
+        parsed = Arm.parse(arm)
+        colour = colours[order.index(parsed.strategy) % len(colours)]
+        axes.plot(
+            x,
+            mean,
+            marker="o",
+            markersize=3,
+            color=colour,
+            linestyle="--" if parsed.pseudo_label else "-",
+            label=f"{arm} (n={max(len(v) for v in values)})",
+        )
+        axes.fill_between(x, [v.min() for v in values], [v.max() for v in values], color=colour, alpha=0.12)
     axes.set_xlabel("labelled images")
     axes.set_ylabel("validation Dice (per-image mean)")
     axes.set_title(title or "Active learning: Dice vs labels (mean, band = min-max over seeds)", fontsize=9)
