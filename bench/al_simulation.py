@@ -197,9 +197,10 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float) -> str:
         f"--strategies random,epistemic,tta,diversity --seeds {args.seeds} --input-size {args.input_size} "
         f"--epochs {args.epochs} --samples {args.samples} --lr {args.lr} --device cpu --threads 1 --out {out}"
     )
-    paired = [p for p in (_paired(rows, a) for a in ("epistemic", "tta", "diversity", "epistemic+pl",
-                                                      "tta+pl", "diversity+pl")) if p]  # fmt: skip
-    paired += [p for p in (_paired(rows, "random+pl", "random"),) if p]
+    arms = {Arm.parse(name) for name in curves(rows)}
+    paired = [_paired(rows, s) for s in STRATEGIES[1:]]
+    paired += [_paired(rows, f"{s}+pl", s) for s in STRATEGIES if Arm(s, True) in arms]
+    paired = [p for p in paired if p]
     stage_lrs = ", ".join(f"{s.lr:g}" for s in config.training.stages)
     return "\n".join(
         [
