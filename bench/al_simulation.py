@@ -183,8 +183,23 @@ def _labels_to_match_random(rows: list[dict]) -> list[str]:
     return lines
 
 
-def render(args: argparse.Namespace, rows: list[dict], seconds: float) -> str:
-    config, _, val = build(args)
+def _pseudo_label_lines(records: list[dict], pool: int) -> list[str]:
+    """Per pseudo-labelling arm: how many of the unlabelled images stage 3 offered the filter accepted."""
+    lines = []
+    for strategy in STRATEGIES:
+        rounds = [r for r in records if r["strategy"] == strategy and r["pseudo_label"]]
+        if rounds:
+            offered = sum(pool - int(r["n_labels"]) for r in rounds)
+            accepted = sum(int(r["pseudo_labels_accepted"]) for r in rounds)
+            lines.append(
+                f"{strategy}+pl: {accepted} of {offered} pseudo-labels accepted by the method's filter "
+                f"({len(rounds)} rounds over {len({r['seed'] for r in rounds})} seed(s))"
+            )
+    return lines
+
+
+def render(args: argparse.Namespace, rows: list[dict], seconds: float, records: list[dict]) -> str:
+    config, pool, val = build(args)
     host = machine()
     command = "nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/al_simulation.py --data " + shlex.quote(
         str(args.data)
@@ -245,6 +260,11 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float) -> str:
             "Paired by seed (same start set and round-0 model):",
             "",
             *[f"- {line}" for line in paired],
+            "",
+            "Stage 3's pseudo-labels (the method's filter: more than 90 % of pixels at p >= 0.95 or <= 0.05, at least "
+            "10 foreground pixels):",
+            "",
+            *[f"- {line}" for line in _pseudo_label_lines(records, len(pool))],
         ]
     )
 
@@ -268,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = sum(float(r["train_seconds"]) + float(r["select_seconds"]) for r in records)
     plot_learning_curve(rows, args.out / CURVE_PNG, title=f"HC18, {config.training.spec.input_size} px CPU schedule")
     shutil.copyfile(args.out / CURVE_PNG, CURVE_FILE)
-    write_section(SECTION_TITLE, render(args, rows, seconds), SCRIPT, args.results)
+    write_section(SECTION_TITLE, render(args, rows, seconds, records), SCRIPT, args.results)
     logger.info("updated %s and %s", args.results, CURVE_FILE)
     return 0
 
