@@ -7,6 +7,15 @@ Two scores (higher = the model is less sure, so a label there teaches it more):
 
 Both scores live in :mod:`sscase_monai.uncertainty`; this module only runs them over image files and ranks.
 
+A third strategy picks for coverage instead of uncertainty:
+
+- ``"diversity"``: core-set / k-center greedy (:func:`k_center_greedy`) on the encoder's globally pooled deepest
+  features (:func:`encoder_features`): each pick is the unlabelled image farthest (cosine distance) from every
+  labelled image and every image picked before it.
+
+:data:`STRATEGIES` names every batch strategy the way the MONAI Label app does; :func:`select_batch` runs one of them
+(the active-learning simulation, :mod:`sscase_monai.al_simulation`, calls it every round).
+
 Scores are computed on 2-D images through the same preprocessing as inference (MONAI Label's own epistemic scoring
 mishandles 2-D inputs).
 """
@@ -16,8 +25,11 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
+import torch
 
 from sscase_monai.inference import Predictor
 from sscase_monai.uncertainty import mc_dropout_entropy, tta_uncertainty
@@ -25,6 +37,12 @@ from sscase_monai.uncertainty import mc_dropout_entropy, tta_uncertainty
 logger = logging.getLogger(__name__)
 
 SCORING_METHODS: tuple[str, ...] = ("mc_dropout", "tta")
+
+STRATEGY_SCORING: dict[str, str] = {"epistemic": "mc_dropout", "tta": "tta"}
+"""The app's uncertainty strategy names and the :func:`score_images` method each ranks by."""
+
+STRATEGIES: tuple[str, ...] = ("random", "epistemic", "tta", "diversity")
+"""Batch strategies by their app names: random, MC-dropout entropy, TTA disagreement, k-center greedy on features."""
 
 
 def score_images(
@@ -103,3 +121,119 @@ def model_version(path: str | os.PathLike) -> str:
     """A string that changes whenever the model file changes (scores are tied to the model that made them)."""
     stat = os.stat(path)
     return f"{os.path.basename(path)}@{stat.st_mtime_ns}"
+
+
+@torch.no_grad()
+def encoder_features(predictor: Predictor, images: Iterable[str | os.PathLike], batch_size: int = 8) -> np.ndarray:
+    """The encoder's deepest feature map, averaged over space and L2-normalised, of each image file.
+
+    Images go through the predictor's preprocessing (as for inference); the network must have an ``encoder``
+    returning a list of feature maps, deepest last (SS_CASE_UNet's EfficientNet).
+
+    Returns:
+        ``(N, D)`` float32 unit vectors, in the order of ``images``.
+
+    Raises:
+        ValueError: a network without an encoder; an unreadable image.
+    """
+    encoder = getattr(predictor.network, "encoder", None)
+    if encoder is None:
+        raise ValueError(f"diversity needs a network with an encoder, got {type(predictor.network).__name__}")
+    paths = list(images)
+    out = []
+    for start in range(0, len(paths), batch_size):
+        batch = torch.stack([predictor.load_image(p)[0] for p in paths[start : start + batch_size]])
+        deepest = encoder(batch.to(predictor.device))[-1].float()
+        out.append(torch.nn.functional.normalize(deepest.mean(dim=(2, 3)), dim=1).cpu())
+    if not out:
+        return np.zeros((0, 0), np.float32)
+    return torch.cat(out).numpy()
+
+
+def nearest_center_distance(candidates: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Cosine distance of each candidate row to its nearest center row (``inf`` when there is no center).
+
+    Both arrays hold unit vectors (``(N, D)`` and ``(M, D)``, as :func:`encoder_features` gives).
+    """
+    if len(centers) == 0:
+        return np.full(len(candidates), np.inf, np.float32)
+    return (1.0 - candidates @ centers.T).min(axis=1).clip(min=0.0)
+
+
+def coverage_distance(candidates: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """How far each candidate is from what is labelled: :func:`nearest_center_distance` to ``centers``; without a
+    center, the distance to the candidates' mean direction (the most atypical image first)."""
+    if len(centers):
+        return nearest_center_distance(candidates, centers)
+    if len(candidates) == 0:
+        return np.zeros(0, np.float32)
+    mean = candidates.mean(axis=0, keepdims=True)
+    return nearest_center_distance(candidates, mean / max(float(np.linalg.norm(mean)), 1e-12))
+
+
+def k_center_greedy(candidates: np.ndarray, centers: np.ndarray, k: int) -> list[int]:
+    """Core-set selection: ``k`` candidate indices, each the farthest from the centers and the earlier picks.
+
+    Args:
+        candidates: ``(N, D)`` unit feature vectors of the unlabelled images.
+        centers: ``(M, D)`` unit feature vectors of the labelled images (``M`` may be 0: the first pick is then the
+            candidate farthest from the candidates' mean direction).
+        k: how many to pick (at most ``N``).
+
+    Returns:
+        Indices into ``candidates``, in pick order.
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k!r}")
+    k = min(k, len(candidates))
+    if k == 0:
+        return []
+    distance = coverage_distance(candidates, centers)
+    picks: list[int] = []
+    for _ in range(k):
+        index = int(np.argmax(distance))
+        picks.append(index)
+        distance = np.minimum(distance, nearest_center_distance(candidates, candidates[index : index + 1]))
+        distance[picks] = -1.0
+    return picks
+
+
+def select_batch(
+    strategy: str,
+    predictor: Predictor | None,
+    pool: Sequence[str],
+    labelled: Sequence[str],
+    k: int,
+    seed: int = 0,
+    num_samples: int = 8,
+) -> list[str]:
+    """The ``k`` pool images a strategy would send for labelling next.
+
+    Args:
+        strategy: one of :data:`STRATEGIES` (``"epistemic"`` and ``"tta"`` rank by :func:`score_images`, highest
+            first; ``"diversity"`` is :func:`k_center_greedy` on :func:`encoder_features`).
+        predictor: the current model (not needed for ``"random"``).
+        pool: unlabelled image paths.
+        labelled: labelled image paths (the centers of ``"diversity"``).
+        k: how many to pick (at most ``len(pool)``).
+        seed: seed of ``"random"`` and of the MC-dropout masks.
+        num_samples: MC-dropout passes per image.
+
+    Returns:
+        Paths from ``pool``, in pick order.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    pool = [str(p) for p in pool]
+    k = min(k, len(pool))
+    if strategy == "random":
+        order = np.random.default_rng(seed).permutation(len(pool))
+        return [pool[i] for i in order[:k]]
+    if predictor is None:
+        raise ValueError(f"strategy {strategy!r} needs the current model")
+    if strategy == "diversity":
+        features = encoder_features(predictor, pool + [str(p) for p in labelled])
+        picks = k_center_greedy(features[: len(pool)], features[len(pool) :], k)
+        return [pool[i] for i in picks]
+    scores = score_images(predictor, pool, method=STRATEGY_SCORING[strategy], num_samples=num_samples, seed=seed)
+    return sorted(scores, key=lambda path: (-scores[path], path))[:k]

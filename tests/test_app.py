@@ -60,8 +60,9 @@ def test_info_lists_model_trainer_strategies_and_scoring(client):
     assert "sscase" in info["trainers"]
     trainer_options = info["trainers"]["sscase"]["config"]
     assert {"stages", "epochs", "learning_rates", "batch_size", "samples_per_image"} <= set(trainer_options)
-    assert {"random", "first", "epistemic", "tta"} <= set(info["strategies"])
-    assert {"epistemic", "tta"} <= set(info["scoring"])
+    assert {"random", "first", "epistemic", "tta", "diversity"} <= set(info["strategies"])
+    assert next(iter(info["strategies"])) == "diversity"  # the default, listed first for Slicer (issue #12)
+    assert {"epistemic", "tta", "diversity"} <= set(info["scoring"])
     assert info["labels"] == ["cerebellum"]
 
 
@@ -195,7 +196,7 @@ def test_saved_label_for_a_png_counts_as_completed(server, client, tmp_path):
     np.testing.assert_array_equal(io.read_image(stored)[0], io.read_image(saved)[0])
 
 
-@pytest.mark.parametrize("strategy", ["random", "first", "epistemic", "tta"])
+@pytest.mark.parametrize("strategy", ["random", "first", "epistemic", "tta", "diversity"])
 def test_next_sample_is_an_unlabelled_image(server, client, strategy):
     datastore = client.datastore()["objects"]
     unlabelled = {k for k, v in datastore.items() if "final" not in v["labels"]}
@@ -216,6 +217,23 @@ def test_epistemic_scoring_writes_scores_and_the_strategy_follows_them(server, c
         served.add(client.next_sample("epistemic", {})["id"])
     top_two = sorted(scores, key=scores.get, reverse=True)[:2]
     assert served == set(top_two)  # highest first, then the next (the first was just served)
+
+
+def test_diversity_scoring_writes_distances_to_the_labelled_images_and_the_strategy_follows_them(server, client):
+    response = requests.post(f"{server.url}/scoring/diversity?run_sync=true", timeout=600)
+    assert response.status_code == 200, response.text
+    objects = client.datastore()["objects"]
+    unlabelled = {k: v for k, v in objects.items() if "final" not in v["labels"]}
+    scores = {k: v["image"]["info"].get("diversity_distance") for k, v in unlabelled.items()}
+    assert all(isinstance(s, float) and 0.0 <= s <= 2.0 for s in scores.values()), scores
+    assert len(set(scores.values())) > 1  # not one constant
+    assert all("diversity_distance" not in v["image"]["info"] for k, v in objects.items() if k not in unlabelled)
+    again = requests.post(f"{server.url}/scoring/diversity?run_sync=true", timeout=600).json()
+    assert again["scored"] == 0  # same model, same labelled images: nothing to redo
+    # the farthest image, unless an earlier test served it with this strategy in the last minutes (cooldown)
+    recent = {k for k, v in unlabelled.items() if "diversity" in v["image"]["info"].get("strategy", {})}
+    served = client.next_sample("diversity", {})["id"]
+    assert served == max(set(scores) - recent, key=scores.get)
 
 
 def test_batch_infer_saves_original_labels(server, client):

@@ -167,8 +167,9 @@ class SSCASEApp(MONAILabelApp):
             serving.stop_background_tasks_on_exit()
 
     def next_sample(self, request: dict) -> dict:
-        strategy = request.get("strategy") or "random"
+        strategy = request.get("strategy") or self.default_strategy
         self._require(self._strategies, strategy, "strategy")
+        request = {**request, "strategy": strategy}
         store = self.datastore()
         if not store.get_unlabeled_images():
             total = len(store.list_images())
@@ -197,13 +198,22 @@ class SSCASEApp(MONAILabelApp):
                 trainers[name] = task
         return trainers
 
+    @property
+    def default_strategy(self) -> str:
+        """Next Sample's strategy when a request names none: the first model config's ``--conf strategy``."""
+        return next((getattr(c, "default_strategy", "random") for c in self.models.values()), "random")
+
     def init_strategies(self) -> dict[str, Strategy]:
         strategies: dict[str, Strategy] = {"random": Random(), "first": First()}
         for config in self.models.values():
             task = config.strategy()
             if task:
                 strategies.update(task)
-        return strategies
+        default = self.default_strategy
+        if default not in strategies:
+            raise ValueError(f"default strategy {default!r} is not offered; available: {sorted(strategies)}")
+        # the default first: Slicer's Next Sample preselects the first strategy the server lists
+        return {default: strategies[default], **{k: v for k, v in strategies.items() if k != default}}
 
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
         methods: dict[str, ScoringMethod] = {}

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from sscase_monai import __version__
 
-SUBCOMMANDS: tuple[str, ...] = ("serve", "sample_data", "train", "evaluate", "predict", "export")
+SUBCOMMANDS: tuple[str, ...] = ("serve", "sample_data", "train", "evaluate", "predict", "export", "simulate_al")
 """Modules of this package that each add one sub-command through ``add_parser(subparsers)``."""
 
 

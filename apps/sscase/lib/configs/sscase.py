@@ -30,10 +30,15 @@ STARTER_MODEL = os.path.join(APP_DIR, "starter", "sscase_starter.pt")
 
 EPISTEMIC_KEY = "epistemic_entropy"
 TTA_KEY = "tta_disagreement"
+DIVERSITY_KEY = "diversity_distance"
+DEFAULT_STRATEGY = "diversity"
+"""Next Sample's strategy when a request names none (and Slicer's first choice): the best in the HC18 active-learning
+simulation (``bench/RESULTS.md``, "Active learning on HC18 (issue #12)"); ``random`` when scoring is off."""
+STRATEGY_NAMES: tuple[str, ...] = ("random", "first", "epistemic", "tta", "diversity")
 
 
 class SSCASE(TaskConfig):
-    """SS_CASE_UNet: infer, three-stage train, MC-dropout and TTA scoring, and their active-learning strategies.
+    """SS_CASE_UNet: infer, three-stage train, MC-dropout, TTA and diversity scoring, and their strategies.
 
     Options (``--conf KEY VALUE``; defaults in brackets, all listed in ``apps/sscase/README.md``):
         labels: JSON ``{"name": value}`` of the structures to segment [``{"cerebellum": 1}``].
@@ -47,7 +52,9 @@ class SSCASE(TaskConfig):
         markups: a Run returns and writes a Slicer markups file of its TCD / HC (a request may override) [true].
         starter_model: use the bundled starter model until a model is trained [true].
         epistemic_samples: MC-dropout passes per image for epistemic scoring [8].
-        scoring: run the scoring methods (``epistemic``, ``tta``) [true].
+        scoring: run the scoring methods (``epistemic``, ``tta``, ``diversity``) [true].
+        strategy: Next Sample's strategy when a request names none, listed first for Slicer [diversity; random
+            without scoring].
         train_epochs: epochs of stages 1,2,3 [20,50,30].  train_stages: stages to run [1,2,3].
         train_batch_size [8], train_samples_per_image [32], train_val_split [0.2], train_workers [0],
         train_device [auto], train_consistency_weight [0].
@@ -73,6 +80,10 @@ class SSCASE(TaskConfig):
         self.path = [STARTER_MODEL if use_starter else None, self.published_path]
         self.epistemic_samples = int(conf.get("epistemic_samples", "8"))
         self.scoring = strtobool(conf.get("scoring", "true"))
+        self.default_strategy = conf.get("strategy", DEFAULT_STRATEGY if self.scoring else "random")
+        allowed = STRATEGY_NAMES if self.scoring else ("random", "first")
+        if self.default_strategy not in allowed:
+            raise ValueError(f"--conf strategy must be one of {allowed}, got {self.default_strategy!r}")
         self.train_defaults = _train_defaults(conf)
         logger.info("sscase: labels %s, %s, model %s", self.labels, self.spec, self.path)
 
@@ -97,6 +108,7 @@ class SSCASE(TaskConfig):
         return {
             "epistemic": HighestScore(EPISTEMIC_KEY, "Most uncertain under MC dropout (predictive entropy)"),
             "tta": HighestScore(TTA_KEY, "Most disagreement between test-time augmentation views"),
+            "diversity": HighestScore(DIVERSITY_KEY, "Farthest from every labelled image (encoder features, core-set)"),
         }
 
     def scoring_method(self) -> dict[str, ScoringMethod]:
@@ -107,6 +119,7 @@ class SSCASE(TaskConfig):
                 path=self.path, method="mc_dropout", key=EPISTEMIC_KEY, num_samples=self.epistemic_samples
             ),
             "tta": lib.scoring.UncertaintyScoring(path=self.path, method="tta", key=TTA_KEY),
+            "diversity": lib.scoring.DiversityScoring(path=self.path, key=DIVERSITY_KEY),
         }
 
 

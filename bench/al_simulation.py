@@ -1,0 +1,297 @@
+"""Active-learning simulation on HC18 (issue #12): Dice vs labels for random, epistemic, tta and diversity.
+
+The simulation is the library's (:class:`sscase_monai.al_simulation.ActiveLearningSimulation`, what
+``sscase-monai simulate-al`` runs); this script runs it in phases into one output folder (finished rounds are skipped
+when it is rerun), then writes the section "Active learning on HC18 (issue #12)" of ``bench/RESULTS.md`` and copies
+the learning curve to ``bench/al_curve.png``:
+
+1. ``main``: random, epistemic, tta and diversity, every ``--seeds`` seed;
+2. ``full``: the full-data reference (every pool image labelled, same rounds and schedule), ``--full-seeds``;
+3. ``pl``: with pseudo-labelling (stage 3 on the rest of the pool every round) for random and the strategy with the
+   best mean Dice over rounds in phase 1 (random's runner-up when random is best), ``--pl-seeds``.
+
+Example (from the repository root)::
+
+    nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/al_simulation.py --data /work/shared/data/hc18
+    .venv/bin/python bench/al_simulation.py --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from common import RESULTS_FILE, SHARED_DATA, load_average, machine, write_section  # noqa: E402
+
+from sscase_monai.al_simulation import (  # noqa: E402
+    CURVE_PNG,
+    FULL,
+    RESULTS_CSV,
+    ActiveLearningSimulation,
+    Arm,
+    RoundSchedule,
+    SimulationConfig,
+    curves,
+    labels_to_reach,
+    plot_learning_curve,
+    summary_lines,
+)
+from sscase_monai.data import pair_images_with_labels  # noqa: E402
+from sscase_monai.model_files import ModelSpec  # noqa: E402
+from sscase_monai.training import TrainingConfig  # noqa: E402
+
+logger = logging.getLogger("al_simulation")
+
+SECTION_TITLE = "Active learning on HC18 (issue #12)"
+SCRIPT = "bench/al_simulation.py"
+CURVE_FILE = REPO_ROOT / "bench" / "al_curve.png"
+STRATEGIES = ("random", "epistemic", "tta", "diversity")
+TARGETS = (0.95, 0.99)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=SHARED_DATA / "hc18", help="HC18 folder (train/, val/)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "al", help="output folder")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of phase 1 (0,1,2)")
+    parser.add_argument("--full-seeds", default="0,1,2", help="seeds of the full-data reference (0,1,2)")
+    parser.add_argument("--pl-seeds", default="0,1,2", help="seeds of the pseudo-labelling arms (0,1,2)")
+    parser.add_argument("--phases", default="main,full,pl", help="phases to run, in order (main,full,pl)")
+    parser.add_argument("--start", type=int, default=8)
+    parser.add_argument("--step", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--input-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per stage and round (2)")
+    parser.add_argument("--samples", type=int, default=512, help="training samples per stage and round (512)")
+    parser.add_argument("--lr", default="1e-3,3e-4,1e-4", help="stage 1/2/3 learning rates")
+    parser.add_argument("--val-limit", type=int, default=40, help="validate on the first N val images by name (40)")
+    parser.add_argument("--pool-limit", type=int, default=None, help="score a seeded draw of N pool images")
+    parser.add_argument("--report-only", action="store_true", help="only regenerate the section from --out")
+    parser.add_argument("--results", type=Path, default=RESULTS_FILE, help="Markdown file to update")
+    return parser.parse_args(argv)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def build(args: argparse.Namespace) -> tuple[SimulationConfig, list, list]:
+    pool = pair_images_with_labels(args.data / "train" / "images", args.data / "train" / "labels")
+    val = sorted(pair_images_with_labels(args.data / "val" / "images", args.data / "val" / "labels"),
+                 key=lambda i: Path(i["image"]).name)[: args.val_limit]  # fmt: skip
+    training = TrainingConfig(
+        spec=ModelSpec(input_size=args.input_size), device="cpu", progress=True, tensorboard=False
+    ).with_stage_settings(lr=[float(v) for v in args.lr.split(",")])
+    config = SimulationConfig(
+        start=args.start,
+        step=args.step,
+        rounds=args.rounds,
+        arms=tuple(Arm(s) for s in STRATEGIES),
+        seeds=_ints(args.seeds),
+        training=training,
+        schedule=RoundSchedule(args.epochs, args.samples),
+        pool_limit=args.pool_limit,
+        targets=TARGETS,
+    )
+    return config, pool, val
+
+
+def best_strategy(rows: list[dict]) -> str:
+    """The non-random strategy with the highest mean Dice over rounds (phase 1)."""
+    means = {arm: float(np.mean([np.mean(v) for v in c.values()])) for arm, c in curves(rows).items()}
+    candidates = [s for s in STRATEGIES if s != "random" and s in means]
+    return max(candidates, key=lambda s: means[s])
+
+
+def run(args: argparse.Namespace) -> None:
+    config, pool, val = build(args)
+    started = time.time()
+    for phase in args.phases.split(","):
+        if phase == "main":
+            phase_config = config
+        elif phase == "full":
+            phase_config = replace(config, arms=(Arm(FULL),), seeds=_ints(args.full_seeds))
+        elif phase == "pl":
+            rows = ActiveLearningSimulation(config, pool, val, args.out).records()
+            best = best_strategy([r for r in rows if not r["pseudo_label"]])
+            phase_config = replace(config, arms=(Arm("random", True), Arm(best, True)), seeds=_ints(args.pl_seeds))
+        else:
+            raise SystemExit(f"unknown phase {phase!r}")
+        logger.info("phase %s: arms %s, seeds %s", phase, [a.name for a in phase_config.arms], phase_config.seeds)
+        ActiveLearningSimulation(phase_config, pool, val, args.out).run()
+        logger.info("phase %s done after %.1f min", phase, (time.time() - started) / 60)
+
+
+def _table(rows: list[dict]) -> str:
+    by_arm = {arm: curve for arm, curve in curves(rows).items() if arm != FULL}
+    counts = sorted({n for c in by_arm.values() for n in c})
+    lines = ["| strategy | " + " | ".join(f"{n} labels" for n in counts) + " | mean over rounds |",
+             "|---|" + "---:|" * (len(counts) + 1)]  # fmt: skip
+    for arm, curve in by_arm.items():
+        cells = []
+        for n in counts:
+            values = np.asarray(curve.get(n, []), float) * 100
+            cells.append("" if not len(values) else f"{values.mean():.2f} ± {values.std():.2f} (n={len(values)})")
+        mean = np.mean([np.mean(v) for v in curve.values()]) * 100
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {mean:.2f} |")
+    return "\n".join(lines)
+
+
+def _paired(rows: list[dict], arm: str, reference: str = "random") -> str | None:
+    """Mean over seeds of (arm - reference) mean Dice over rounds 1..R (seeds both ran), with the per-seed values."""
+    per_seed: dict[str, dict[int, list[float]]] = {}
+    for r in rows:
+        if int(r["round"]) == 0:
+            continue
+        name = Arm(r["strategy"], r["pseudo_label"] in (True, "True")).name
+        per_seed.setdefault(name, {}).setdefault(int(r["seed"]), []).append(float(r["dice"]))
+    a, b = per_seed.get(arm, {}), per_seed.get(reference, {})
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    diffs = [100 * (np.mean(a[s]) - np.mean(b[s])) for s in seeds]
+    values = ", ".join(f"{d:+.2f}" for d in diffs)
+    return f"{arm} - {reference}: {np.mean(diffs):+.2f} Dice points (mean over rounds 1+; per seed {values})"
+
+
+def _labels_to_match_random(rows: list[dict]) -> list[str]:
+    """Per arm: the fewest labels whose mean Dice reaches random's mean Dice at its most labels."""
+    by_arm = {arm: curve for arm, curve in curves(rows).items() if arm != FULL}
+    if "random" not in by_arm:
+        return []
+    most = max(by_arm["random"])
+    target = float(np.mean(by_arm["random"][most]))
+    lines = []
+    for arm, curve in by_arm.items():
+        needed = labels_to_reach(curve, target)
+        reached = f"{needed} labels" if needed is not None else f"not reached with {max(curve)} labels"
+        lines.append(f"{arm}: random's {most}-label Dice ({100 * target:.2f} %) with {reached}")
+    return lines
+
+
+def _pseudo_label_lines(records: list[dict], pool: int) -> list[str]:
+    """Per pseudo-labelling arm: how many of the unlabelled images stage 3 offered the filter accepted."""
+    lines = []
+    for strategy in STRATEGIES:
+        rounds = [r for r in records if r["strategy"] == strategy and r["pseudo_label"]]
+        if rounds:
+            offered = sum(pool - int(r["n_labels"]) for r in rounds)
+            accepted = sum(int(r["pseudo_labels_accepted"]) for r in rounds)
+            lines.append(
+                f"{strategy}+pl: {accepted} of {offered} pseudo-labels accepted by the method's filter "
+                f"({len(rounds)} rounds over {len({r['seed'] for r in rounds})} seed(s))"
+            )
+    return lines
+
+
+def render(args: argparse.Namespace, rows: list[dict], seconds: float, records: list[dict]) -> str:
+    config, pool, val = build(args)
+    host = machine()
+    command = "nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/al_simulation.py --data " + shlex.quote(
+        str(args.data)
+    )
+    out = args.out.relative_to(REPO_ROOT) if args.out.is_relative_to(REPO_ROOT) else args.out
+    cli = (
+        f"sscase-monai simulate-al --images {args.data}/train/images --labels {args.data}/train/labels "
+        f"--val-images {args.data}/val/images --val-labels {args.data}/val/labels --val-limit {args.val_limit} "
+        f"--start {args.start} --step {args.step} --rounds {args.rounds} "
+        f"--strategies random,epistemic,tta,diversity --seeds {args.seeds} --input-size {args.input_size} "
+        f"--epochs {args.epochs} --samples {args.samples} --lr {args.lr} --device cpu --threads 1 --out {out}"
+    )
+    arms = {Arm.parse(name) for name in curves(rows)}
+    paired = [_paired(rows, s) for s in STRATEGIES[1:]]
+    paired += [_paired(rows, f"{s}+pl", s) for s in STRATEGIES if Arm(s, True) in arms]
+    paired = [p for p in paired if p]
+    stage_lrs = ", ".join(f"{s.lr:g}" for s in config.training.stages)
+    return "\n".join(
+        [
+            f"Measured {time.strftime('%Y-%m-%d')} on {host['cpu']}, {host['cores']} cores shared with another "
+            f"session's jobs, no GPU (torch {host['torch']}, MONAI {host['monai']}), 1 torch thread (2 threads under "
+            f"contention were 10x slower), under `nice -n 10`; load average at the end {load_average():.1f}; "
+            f"{seconds / 60:.0f} min of simulation in total (sum of the rounds' training and picking).",
+            "",
+            f"Protocol (the library's `ActiveLearningSimulation`, as `sscase-monai simulate-al`): pool = HC18 `train` "
+            f"({len(build(args)[1])} labelled images, labels revealed when picked), validation = the first "
+            f"{len(val)} HC18 `val` images by name (Dice per-image mean on each image's own grid, the trainer's "
+            f"end-of-stage `evaluate_model`, eval mode). Start {config.start} labels (a seeded draw, the same for "
+            f"every strategy of a seed), +{config.step} per round, {config.rounds} rounds "
+            f"({config.start}..{config.n_labels(config.rounds - 1)} labels). CPU schedule: input "
+            f"{config.training.spec.input_size}x{config.training.spec.input_size}, batch {config.training.batch_size},"
+            f" every stage of every round {config.schedule.epochs} epochs x {config.schedule.samples} augmented "
+            f"samples in all; round 0 = stages 1+2 from the ImageNet lite0 encoder (shared by the strategies of a "
+            f"seed), later rounds warm-start from the previous round's model and run stage 2 (+ stage 3 on the "
+            f"rest of the pool with pseudo-labelling); stage LRs {stage_lrs}. Strategies pick "
+            f"{config.step} images per round from the whole remaining pool with the app's scoring functions "
+            f"(`active_learning.select_batch`): random; epistemic = MC-dropout predictive entropy (8 passes); tta = "
+            f"disagreement of the 5 test-time views; diversity = k-center greedy on the encoder's pooled features "
+            f"(cosine), the labelled images as centers. Full-data Dice = the `full` arm: the same rounds and "
+            f"schedule with all {len(build(args)[1])} pool images labelled from round 0, last round, seeds "
+            f"{args.full_seeds}. Seeds: {args.seeds} (pseudo-labelling arms: {args.pl_seeds}).",
+            "",
+            f"Command: `{command}` (phases main, full, pl into `{out}`; rerunning skips finished rounds). "
+            f"Phase 1 alone is `{cli}`.",
+            "",
+            "![Dice vs labels](al_curve.png)",
+            "",
+            "Validation Dice (%), mean ± standard deviation over seeds:",
+            "",
+            _table(rows),
+            "",
+            *[f"- {line}" for line in summary_lines(rows, TARGETS)],
+            "",
+            "Labels needed to reach random's Dice with the most labels (mean over seeds):",
+            "",
+            *[f"- {line}" for line in _labels_to_match_random(rows)],
+            "",
+            "Paired by seed (same start set and round-0 model):",
+            "",
+            *[f"- {line}" for line in paired],
+            "",
+            "Stage 3's pseudo-labels (the method's filter: more than 90 % of pixels at p >= 0.95 or <= 0.05, at least "
+            "10 foreground pixels):",
+            "",
+            *[f"- {line}" for line in _pseudo_label_lines(records, len(pool))],
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.report_only:
+        if not (args.data / "train" / "images").is_dir():
+            raise SystemExit(f"HC18 not found at {args.data} (give --data)")
+        torch.set_num_threads(1)
+        run(args)
+    config, pool, val = build(args)
+    simulation = ActiveLearningSimulation(config, pool, val, args.out)
+    rows = simulation.write_outputs()
+    if not rows:
+        raise SystemExit(f"no finished round in {args.out}")
+    with open(args.out / RESULTS_CSV) as f:
+        rows = list(csv.DictReader(f))
+    records = simulation.records()
+    seconds = sum(float(r["train_seconds"]) + float(r["select_seconds"]) for r in records)
+    plot_learning_curve(rows, args.out / CURVE_PNG, title=f"HC18, {config.training.spec.input_size} px CPU schedule")
+    shutil.copyfile(args.out / CURVE_PNG, CURVE_FILE)
+    write_section(SECTION_TITLE, render(args, rows, seconds, records), SCRIPT, args.results)
+    logger.info("updated %s and %s", args.results, CURVE_FILE)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

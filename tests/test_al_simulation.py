@@ -1,0 +1,203 @@
+"""Active-learning simulation (``sscase-monai simulate-al``) on the sample data, and the batch strategies it uses."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+
+from sscase_monai.active_learning import (
+    STRATEGIES,
+    coverage_distance,
+    k_center_greedy,
+    score_images,
+    select_batch,
+)
+from sscase_monai.al_simulation import Arm, RoundSchedule, labels_to_reach, parse_arms, summary_lines
+from sscase_monai.cli import main
+from sscase_monai.data import split_studies_folder
+from sscase_monai.inference import Predictor
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = REPO_ROOT / "sample-data"
+ARMS = ("random", "epistemic", "tta", "diversity", "random+pl", "full")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: these tiny 64-pixel runs gain nothing from two, and two threads on a CPU busy with other
+    jobs were measured 10x slower (OpenMP threads waiting for each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def unit(rows: list[list[float]]) -> np.ndarray:
+    array = np.asarray(rows, np.float32)
+    return array / np.linalg.norm(array, axis=1, keepdims=True)
+
+
+def test_k_center_greedy_picks_the_uncovered_directions_first():
+    centers = unit([[1, 0, 0]])
+    candidates = unit([[1, 0.05, 0], [0, 1, 0], [0, 0.98, 0.05], [0, 0, 1]])
+    picks = k_center_greedy(candidates, centers, 2)
+    # both far directions, not the near-duplicate of the first pick nor the image beside the labelled one
+    assert sorted(picks) == [1, 3]
+    assert k_center_greedy(candidates, centers, 10) == picks + [2, 0]  # everything, the covered one last
+    np.testing.assert_allclose(coverage_distance(candidates, centers)[[0, 1]], [1 - candidates[0, 0], 1.0], atol=1e-6)
+    assert len(k_center_greedy(candidates, np.zeros((0, 3), np.float32), 1)) == 1  # no labels yet: still a pick
+    with pytest.raises(ValueError, match="k must be"):
+        k_center_greedy(candidates, centers, -1)
+
+
+def test_select_batch_random_is_seeded_and_names_bad_strategies():
+    pool = [f"img{i}.png" for i in range(20)]
+    first = select_batch("random", None, pool, [], 5, seed=3)
+    assert first == select_batch("random", None, pool, [], 5, seed=3)
+    assert len(set(first)) == 5 and set(first) <= set(pool)
+    assert first != select_batch("random", None, pool, [], 5, seed=4)
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        select_batch("entropy", None, pool, [], 5)
+    with pytest.raises(ValueError, match="needs the current model"):
+        select_batch("epistemic", None, pool, [], 5)
+
+
+def test_arms_schedule_and_summary():
+    assert [a.name for a in parse_arms("random,tta+pl,full", pseudo_label=True)] == [
+        "random",
+        "tta+pl",
+        "full",
+        "random+pl",
+    ]
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        Arm.parse("uncertain")
+    assert set(STRATEGIES) == {"random", "epistemic", "tta", "diversity"}
+    plan = RoundSchedule(epochs=2, samples=400).plan(2, 16)
+    assert (plan.epochs, plan.samples_per_image) == (2, 12)
+    assert RoundSchedule(epochs=2, samples=10).plan(3, 300).samples_per_image == 1
+    assert labels_to_reach({8: [0.8, 0.9], 16: [0.95, 0.93]}, 0.9) == 16
+    assert labels_to_reach({8: [0.8]}, 0.9) is None
+    rows = [
+        {"strategy": "full", "pseudo_label": False, "seed": 0, "round": 1, "n_labels": 10, "dice": 0.9},
+        {"strategy": "random", "pseudo_label": False, "seed": 0, "round": 0, "n_labels": 2, "dice": 0.5},
+        {"strategy": "random", "pseudo_label": False, "seed": 0, "round": 1, "n_labels": 4, "dice": 0.88},
+    ]
+    lines = summary_lines(rows, (0.95, 0.99))
+    assert lines[0].startswith("full-data Dice: 0.9000")
+    assert "95% of full-data Dice (0.8550): 4 labels" in lines[1]
+    assert "99% of full-data Dice (0.8910): not reached with 4 labels" in lines[1]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    """The sample data's 8 labelled images: 5 as the labelled pool, 3 for validation."""
+    root = tmp_path_factory.mktemp("al")
+    pairs, _ = split_studies_folder(SAMPLE_DATA)
+    assert len(pairs) == 8
+    out = {name: root / name for name in ("images", "labels", "val_images", "val_labels")}
+    for index, pair in enumerate(sorted(pairs, key=lambda p: p["image"])):
+        prefix = "" if index < 5 else "val_"
+        for key in ("image", "label"):
+            target = out[f"{prefix}{key}s"]
+            target.mkdir(exist_ok=True)
+            shutil.copy(pair[key], target / Path(pair[key]).name)
+    return out
+
+
+def simulate(folders: dict[str, Path], out: Path, strategies: str = ",".join(ARMS)) -> int:
+    return main(
+        [
+            "simulate-al",
+            "--images", str(folders["images"]),
+            "--labels", str(folders["labels"]),
+            "--val-images", str(folders["val_images"]),
+            "--val-labels", str(folders["val_labels"]),
+            "--start", "2",
+            "--step", "2",
+            "--rounds", "2",
+            "--strategies", strategies,
+            "--seeds", "0",
+            "--input-size", "64",
+            "--epochs", "1",
+            "--samples", "8",
+            "--batch-size", "4",
+            "--mc-samples", "2",
+            "--device", "cpu",
+            "--threads", "1",
+            "--no-progress",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+
+
+def test_two_round_simulation_writes_csv_curve_summary_and_resumes(folders, tmp_path, capsys):
+    out = tmp_path / "al"
+    assert simulate(folders, out) == 0
+    printed = capsys.readouterr().out
+
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["strategy"] + ("+pl" if r["pseudo_label"] == "True" else ""), r["round"]) for r in rows} == {
+        (arm, str(r)) for arm in ARMS for r in (0, 1)
+    }
+    assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
+    by_arm = {(r["strategy"], r["pseudo_label"], r["round"]): r for r in rows}
+    assert {r["n_labels"] for r in rows if r["strategy"] != "full"} == {"2", "4"}
+    assert {r["n_labels"] for r in rows if r["strategy"] == "full"} == {"5"}
+    # round 0 is one shared training run: the same Dice for every strategy without pseudo-labels
+    shared = {by_arm[(s, "False", "0")]["dice"] for s in STRATEGIES}
+    assert len(shared) == 1
+
+    records = {arm: [json.loads((out / "seed0" / arm / f"round{r}.json").read_text()) for r in (0, 1)] for arm in ARMS}
+    start = records["random"][0]["labelled"]
+    pool = sorted(str(p) for p in folders["images"].iterdir())
+    for arm in ARMS[:5]:
+        first, second = records[arm]
+        assert first["labelled"] == start  # the same start set for every strategy
+        assert len(first["selected"]) == 2 and not set(first["selected"]) & set(start)
+        assert second["labelled"] == start + first["selected"] and second["selected"] == []
+        assert second["model"] != first["model"]
+    assert records["random+pl"][0]["selected"] == records["random"][0]["selected"]  # paired random picks
+    assert records["random+pl"][1]["pseudo_labels_accepted"] >= 0
+    # tta picks the highest TTA disagreement under round 0's model: the app's own scoring function
+    predictor = Predictor.from_file(records["tta"][0]["model"], device="cpu")
+    unlabelled = [p for p in pool if p not in start]
+    scores = score_images(predictor, unlabelled, method="tta")
+    assert records["tta"][0]["selected"] == sorted(scores, key=lambda p: (-scores[p], p))[:2]
+
+    summary = (out / "summary.txt").read_text()
+    assert summary.startswith("full-data Dice: ")
+    for arm in ARMS[:5]:
+        assert f"\n{arm}: mean Dice over rounds " in summary
+        assert "95% of full-data Dice" in summary
+    assert summary in printed
+    curve = matplotlib.image.imread(out / "learning_curve.png")
+    assert curve.ndim == 3 and curve.shape[0] > 100 and curve.shape[1] > 100
+
+    # rerun: every round is read back, nothing trains again; a removed round is redone (and only that one)
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("seed0/**/model.pt")}
+    (out / "seed0" / "diversity" / "round1.json").unlink()
+    assert simulate(folders, out) == 0
+    changed = {p for p, stamp in stamps.items() if p.stat().st_mtime_ns != stamp}
+    assert changed == {out / "seed0" / "diversity" / "round1" / "model.pt"}
+    with open(out / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+
+
+def test_bad_options_are_named(folders, tmp_path, capsys):
+    assert simulate(folders, tmp_path / "x", strategies="random,uncertain") == 2
+    assert "strategy must be one of" in capsys.readouterr().err
+    code = main(
+        ["simulate-al", "--images", str(folders["images"]), "--labels", str(folders["labels"]),
+         "--val-images", str(folders["val_images"]), "--val-labels", str(folders["val_labels"]),
+         "--start", "4", "--step", "2", "--rounds", "3", "--out", str(tmp_path / "y")]
+    )  # fmt: skip
+    assert code == 2
+    assert "need 8 pool images, the pool has 5" in capsys.readouterr().err
