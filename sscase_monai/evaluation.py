@@ -60,6 +60,51 @@ SpacingLookup = Mapping[str, float | Sequence[float]]
 """Pixel size per image, keyed by file name (``a.png``) or stem (``a``): one number or ``(row_mm, col_mm)``."""
 
 
+def _read_positive_column(
+    path: str | os.PathLike, value_columns: Sequence[str], table: str, quantity: str
+) -> dict[str, float]:
+    """``{image stem: value}`` from a CSV table with a file-name column and a positive number per image.
+
+    Args:
+        path: the CSV file.
+        value_columns: accepted names of the value column, first match wins.
+        table: what the table is, for messages (``"pixel-size table"``).
+        quantity: what the value is, for messages (``"pixel size"``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the columns are missing, or a value is not a positive number (the message names file and row).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{table} {path} not found")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in reader.fieldnames or []]
+        name_column = next((c for c in NAME_COLUMNS if c in header), None)
+        value_column = next((c for c in value_columns if c in header), None)
+        if name_column is None or value_column is None:
+            raise ValueError(
+                f"{path}: a {table} needs a file-name column ({' or '.join(NAME_COLUMNS)}) and a {quantity} "
+                f"column ({' or '.join(value_columns)}); found columns {header}"
+            )
+        values: dict[str, float] = {}
+        for line, row in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            name, text = row.get(name_column, ""), row.get(value_column, "")
+            if not name:
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                value = float("nan")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{path}, line {line}: {quantity} of {name} must be a positive number, got {text!r}")
+            values[io.image_stem(name)] = value
+    logger.debug("read %d values of %s from %s", len(values), quantity, path)
+    return values
+
+
 def read_pixel_size_csv(path: str | os.PathLike) -> dict[str, Spacing]:
     """Read a pixel-size table: one row per image with its file name and isotropic pixel size in mm.
 
@@ -73,34 +118,8 @@ def read_pixel_size_csv(path: str | os.PathLike) -> dict[str, Spacing]:
         FileNotFoundError: no such file.
         ValueError: the columns are missing, or a size is not a positive number (the message names file and row).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pixel-size table {path} not found")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in reader.fieldnames or []]
-        name_column = next((c for c in NAME_COLUMNS if c in header), None)
-        size_column = next((c for c in SIZE_COLUMNS if c in header), None)
-        if name_column is None or size_column is None:
-            raise ValueError(
-                f"{path}: a pixel-size table needs a file-name column ({' or '.join(NAME_COLUMNS)}) and a size "
-                f"column ({' or '.join(SIZE_COLUMNS)}); found columns {header}"
-            )
-        sizes: dict[str, Spacing] = {}
-        for line, row in enumerate(reader, start=2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            name, text = row.get(name_column, ""), row.get(size_column, "")
-            if not name:
-                continue
-            try:
-                size = float(text)
-            except ValueError:
-                size = float("nan")
-            if not (math.isfinite(size) and size > 0):
-                raise ValueError(f"{path}, line {line}: pixel size of {name} must be a positive number, got {text!r}")
-            sizes[io.image_stem(name)] = (size, size)
-    logger.debug("read %d pixel sizes from %s", len(sizes), path)
-    return sizes
+    sizes = _read_positive_column(path, SIZE_COLUMNS, "pixel-size table", "pixel size")
+    return {stem: (size, size) for stem, size in sizes.items()}
 
 
 def read_reference_csv(path: str | os.PathLike) -> dict[str, float]:
@@ -116,35 +135,7 @@ def read_reference_csv(path: str | os.PathLike) -> dict[str, float]:
         FileNotFoundError: no such file.
         ValueError: the columns are missing, or an HC is not a positive number (the message names file and row).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"reference table {path} not found")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in reader.fieldnames or []]
-        name_column = next((c for c in NAME_COLUMNS if c in header), None)
-        hc_column = next((c for c in REFERENCE_HC_COLUMNS if c in header), None)
-        if name_column is None or hc_column is None:
-            raise ValueError(
-                f"{path}: a reference table needs a file-name column ({' or '.join(NAME_COLUMNS)}) and a head "
-                f"circumference column ({' or '.join(REFERENCE_HC_COLUMNS)}); found columns {header}"
-            )
-        values: dict[str, float] = {}
-        for line, row in enumerate(reader, start=2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            name, text = row.get(name_column, ""), row.get(hc_column, "")
-            if not name:
-                continue
-            try:
-                value = float(text)
-            except ValueError:
-                value = float("nan")
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(
-                    f"{path}, line {line}: head circumference of {name} must be a positive number, got {text!r}"
-                )
-            values[io.image_stem(name)] = value
-    return values
+    return _read_positive_column(path, REFERENCE_HC_COLUMNS, "reference table", "head circumference")
 
 
 def biometry_columns(
