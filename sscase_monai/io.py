@@ -83,7 +83,7 @@ class ImageGeometry:
     def index_to_ras(self, points_rc: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
         """Positions of pixel coordinates ``(row, col)`` as 3D Slicer shows them (RAS, mm): :meth:`index_to_lps`
         with the first two axes negated (Slicer's IJK-to-RAS matrix of the image)."""
-        return self.index_to_lps(points_rc) * np.array([-1.0, -1.0, 1.0])
+        return flip_lps_ras(self.index_to_lps(points_rc))
 
     def to_dict(self) -> dict[str, list]:
         """Plain lists, safe to keep in MONAI metadata and to collate."""
@@ -127,6 +127,11 @@ def image_extension(path: str | os.PathLike) -> str:
         if name.endswith(ext):
             return ext
     return Path(name).suffix
+
+
+def flip_lps_ras(points: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    """LPS positions ``(N, 3)`` as RAS, or RAS as LPS: the same flip both ways (the first two axes negated)."""
+    return np.asarray(points, np.float64).reshape(-1, 3) * np.array([-1.0, -1.0, 1.0])
 
 
 def image_stem(path: str | os.PathLike) -> str:

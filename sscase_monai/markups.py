@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from sscase_monai.io import flip_lps_ras
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ HC_COLOR = (0.2, 0.8, 1.0)
 
 
 def _ras_to_lps(points_ras: Sequence[Sequence[float]]) -> list[list[float]]:
-    points = np.asarray(points_ras, np.float64).reshape(-1, 3) * np.array([-1.0, -1.0, 1.0])
-    return [[round(float(v), 4) + 0.0 for v in point] for point in points]  # + 0.0: no "-0.0" in the file
+    # + 0.0: no "-0.0" in the file
+    return [[round(float(v), 4) + 0.0 for v in point] for point in flip_lps_ras(points_ras)]
 
 
 def markup(
