@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -161,6 +161,12 @@ def _flexible_unet_backbones() -> tuple[str, ...]:
     from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 
     return tuple(FLEXUNET_BACKBONE.register_dict)
+
+
+def last_existing_path(paths: Sequence[str | os.PathLike | None]) -> str | None:
+    """The last of ``paths`` that exists (``None`` entries skipped), or ``None``: MONAI Label's convention for model
+    files listed lowest priority first (a trained model after the starter)."""
+    return next((str(p) for p in reversed(paths) if p and os.path.exists(p)), None)
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Sequence
 
@@ -14,6 +13,7 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from sscase_monai.active_learning import coverage_distance, encoder_features, model_version
 from sscase_monai.inference import Predictor
+from sscase_monai.model_files import last_existing_path
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class DiversityScoring(ScoringMethod):
         self._features_version = ""
 
     def __call__(self, request: dict, datastore: Datastore) -> dict:
-        model = next((p for p in reversed(self.path) if os.path.exists(p)), None)
+        model = last_existing_path(self.path)
         if model is None:
             logger.info("%s scoring skipped: no trained model yet", self.key)
             return {"scored": 0, "reason": "no trained model yet"}

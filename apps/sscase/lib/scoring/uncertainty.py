@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 
@@ -12,6 +11,7 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from sscase_monai.active_learning import model_version, score_images
 from sscase_monai.inference import Predictor
+from sscase_monai.model_files import last_existing_path
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class UncertaintyScoring(ScoringMethod):
         self.num_samples = num_samples
 
     def __call__(self, request: dict, datastore: Datastore) -> dict:
-        model = next((p for p in reversed(self.path) if os.path.exists(p)), None)
+        model = last_existing_path(self.path)
         if model is None:
             logger.info("%s scoring skipped: no trained model yet", self.key)
             return {"scored": 0, "reason": "no trained model yet"}

@@ -16,7 +16,14 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.generic import strtobool
 
 from sscase_monai.data import split_by_exam
-from sscase_monai.model_files import ModelSpec, atomic_copy, atomic_write_bytes, read_sidecar, sidecar_path
+from sscase_monai.model_files import (
+    ModelSpec,
+    atomic_copy,
+    atomic_write_bytes,
+    last_existing_path,
+    read_sidecar,
+    sidecar_path,
+)
 from sscase_monai.training import (
     EpochSummary,
     SemiSupervisedTrainer,
@@ -109,7 +116,7 @@ class SSCASETrain(TrainTask):
         return {"status": "done", "model": published, "best_val_dice": result.best_val_dice}
 
     def _training_config(self, options: dict[str, Any]) -> TrainingConfig:
-        init = next((p for p in reversed(self.init_paths) if os.path.exists(p)), None)
+        init = last_existing_path(self.init_paths)
         from_current = strtobool(str(options["init_from_current_model"])) and init is not None
         try:
             config = TrainingConfig(
