@@ -318,6 +318,15 @@ TCD_DEFINITION = (
 HC_DEFINITION = "perimeter (Ramanujan) of the ellipse with the head mask's second moments (sscase_monai.biometry)"
 
 
+def parse_label_names(text: str) -> tuple[str, ...]:
+    """``"head,fetal_head"`` -> ``("head", "fetal_head")``; ``"none"`` or empty -> ``()`` (no such label).
+
+    The form of the app's ``--conf head_label`` and the CLI's ``--head-label``.
+    """
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    return () if [n.lower() for n in names] == ["none"] else names
+
+
 def find_label(labels: Mapping[str, int], names: str | Sequence[str] | None) -> tuple[str, int] | None:
     """The first of ``names`` (case-insensitive) that ``labels`` has, as ``(name, value)``; ``None`` if none.
 

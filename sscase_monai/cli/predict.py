@@ -125,15 +125,15 @@ def add_pixel_size_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_head_label_argument(parser: argparse.ArgumentParser) -> None:
     """``--head-label`` (shared by ``predict`` and ``evaluate``)."""
-    from sscase_monai.biometry import HEAD_LABELS
+    from sscase_monai.biometry import HEAD_LABELS, parse_label_names
 
     parser.add_argument(
         "--head-label",
-        type=lambda text: tuple(n.strip() for n in text.split(",") if n.strip()),
+        type=parse_label_names,
         default=HEAD_LABELS,
         metavar="NAMES",
-        help="label name(s) whose head circumference (hc_mm) is reported, comma-separated, first match wins "
-        f"(default: {','.join(HEAD_LABELS)})",
+        help="label name(s) whose head circumference (hc_mm) is reported, comma-separated, first match wins; "
+        f"none: no HC (default: {','.join(HEAD_LABELS)})",
     )
 
 

@@ -18,7 +18,7 @@ import lib.infers
 import lib.scoring
 import lib.trainers
 from lib.activelearning import HighestScore
-from sscase_monai.biometry import HEAD_LABELS
+from sscase_monai.biometry import HEAD_LABELS, parse_label_names
 from sscase_monai.model_files import DEFAULT_LABELS, ModelSpec
 from sscase_monai.training import TrainingConfig
 
@@ -72,7 +72,7 @@ class SSCASE(TaskConfig):
         pretrained = conf.get("pretrained", "true")
         self.pretrained: bool | str = strtobool(pretrained) if pretrained.lower() in ("true", "false") else pretrained
         self.tta = strtobool(conf.get("tta", "false"))
-        self.head_labels = _parse_names(conf.get("head_label", ",".join(HEAD_LABELS)))
+        self.head_labels = parse_label_names(conf.get("head_label", ",".join(HEAD_LABELS)))
         self.markups = strtobool(conf.get("markups", "true"))
         self.published_path = os.path.join(model_dir, f"{name}.pt")
         use_starter = strtobool(conf.get("starter_model", "true")) and self.labels == DEFAULT_LABELS
@@ -121,12 +121,6 @@ class SSCASE(TaskConfig):
             "tta": lib.scoring.UncertaintyScoring(path=self.path, method="tta", key=TTA_KEY),
             "diversity": lib.scoring.DiversityScoring(path=self.path, key=DIVERSITY_KEY),
         }
-
-
-def _parse_names(value: str) -> tuple[str, ...]:
-    """``"head,fetal_head"`` -> ``("head", "fetal_head")``; ``none`` or empty -> ``()``."""
-    names = tuple(n.strip() for n in value.split(",") if n.strip())
-    return () if [n.lower() for n in names] == ["none"] else names
 
 
 def _parse_labels(value: str | None) -> dict[str, int]:
