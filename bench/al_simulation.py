@@ -50,6 +50,7 @@ from sscase_monai.al_simulation import (  # noqa: E402
     plot_learning_curve,
     summary_lines,
 )
+from sscase_monai.cli.train import int_list  # noqa: E402
 from sscase_monai.data import pair_images_with_labels  # noqa: E402
 from sscase_monai.model_files import ModelSpec  # noqa: E402
 from sscase_monai.training import TrainingConfig  # noqa: E402
@@ -85,10 +86,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(",") if v.strip())
-
-
 def build(args: argparse.Namespace) -> tuple[SimulationConfig, list, list]:
     pool = pair_images_with_labels(args.data / "train" / "images", args.data / "train" / "labels")
     val = sorted(pair_images_with_labels(args.data / "val" / "images", args.data / "val" / "labels"),
@@ -101,7 +98,7 @@ def build(args: argparse.Namespace) -> tuple[SimulationConfig, list, list]:
         step=args.step,
         rounds=args.rounds,
         arms=tuple(Arm(s) for s in STRATEGIES),
-        seeds=_ints(args.seeds),
+        seeds=int_list(args.seeds),
         training=training,
         schedule=RoundSchedule(args.epochs, args.samples),
         pool_limit=args.pool_limit,
@@ -124,11 +121,11 @@ def run(args: argparse.Namespace) -> None:
         if phase == "main":
             phase_config = config
         elif phase == "full":
-            phase_config = replace(config, arms=(Arm(FULL),), seeds=_ints(args.full_seeds))
+            phase_config = replace(config, arms=(Arm(FULL),), seeds=int_list(args.full_seeds))
         elif phase == "pl":
             rows = ActiveLearningSimulation(config, pool, val, args.out).records()
             best = best_strategy([r for r in rows if not r["pseudo_label"]])
-            phase_config = replace(config, arms=(Arm("random", True), Arm(best, True)), seeds=_ints(args.pl_seeds))
+            phase_config = replace(config, arms=(Arm("random", True), Arm(best, True)), seeds=int_list(args.pl_seeds))
         else:
             raise SystemExit(f"unknown phase {phase!r}")
         logger.info("phase %s: arms %s, seeds %s", phase, [a.name for a in phase_config.arms], phase_config.seeds)

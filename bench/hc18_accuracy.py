@@ -56,6 +56,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from common import RESULTS_FILE, load_average, machine, write_section  # noqa: E402  (bench/common.py)
 from torch.optim import Adam  # noqa: E402
 
+from sscase_monai.cli.train import float_list, int_list  # noqa: E402
 from sscase_monai.data import pair_images_with_labels, split_by_exam  # noqa: E402
 from sscase_monai.evaluation import evaluate_model, find_pixel_size_csv, read_pixel_size_csv  # noqa: E402
 from sscase_monai.inference import Predictor  # noqa: E402
@@ -163,14 +164,6 @@ CONFIGURATIONS: dict[str, Configuration] = {
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(",") if v)
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(",") if v)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "hc18", help="HC18 folder")
@@ -180,11 +173,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="output folder (bench/out/hc18; --quick: ...-quick)")
     parser.add_argument("--only", action="append", choices=sorted(CONFIGURATIONS), help="run this configuration")
     parser.add_argument("--quick", action="store_true", help="smoke test: 8/6/8 images, 64 px, 16-sample epochs")
-    parser.add_argument("--epochs", type=_ints, help="with one --only: epochs per stage run (skips the calibration)")
+    parser.add_argument("--epochs", type=int_list, help="with one --only: epochs per stage run (skips the calibration)")
     parser.add_argument(
-        "--samples-per-image", type=_ints, help="with --epochs: samples per image (stages 1-2[,3]; default from 800)"
+        "--samples-per-image", type=int_list, help="with --epochs: samples per image (stages 1-2[,3]; default from 800)"
     )
-    parser.add_argument("--lr", type=_floats, help="with one --only: learning rate per stage run")
+    parser.add_argument("--lr", type=float_list, help="with one --only: learning rate per stage run")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2)")
     parser.add_argument("--results", type=Path, help="Markdown file to update (bench/RESULTS.md; --quick: OUT/...)")
     parser.add_argument("--no-results", action="store_true", help="do not write a results file")
