@@ -439,3 +439,21 @@ def measure_biometry(
                 "definition": HC_DEFINITION,
             }
     return result
+
+
+def format_measurements(measured: Mapping[str, Any], digits: int = 1) -> dict[str, str]:
+    """The values of a :func:`measure_biometry` result as short texts with their unit, e.g. ``{"TCD": "31.4 mm"}``.
+
+    What a person reads: Slicer's markups names and the answer to Submit Label. TCD and HC first (when measured),
+    then the area of every label present. A value in pixels says ``px`` (see ``spacing_note``).
+    """
+    unit = measured.get("unit", "mm")
+    texts: dict[str, str] = {}
+    if measured.get("tcd"):
+        texts["TCD"] = f"{measured['tcd'][f'length_{unit}']:.{digits}f} {unit}"
+    if measured.get("hc"):
+        texts["HC"] = f"{measured['hc'][f'circumference_{unit}']:.{digits}f} {unit}"
+    for name, values in measured.get("labels", {}).items():
+        if values.get("pixels"):
+            texts[f"{name} area"] = f"{values[f'area_{unit}2']:.{digits}f} {unit}²"
+    return texts

@@ -138,30 +138,39 @@ def split_studies_folder(studies: str | os.PathLike) -> tuple[list[dict[str, str
     return labelled, unlabelled
 
 
-def check_labelled_pair(
+def labelled_pair_problems(
     image_path: str, label_path: str, num_classes: int = 2, max_pixels: int = io.DEFAULT_MAX_PIXELS
-) -> list[str]:
-    """Every problem of one image/label pair (empty when usable): see :func:`validate_labelled_pairs`."""
-    problems: list[str] = []
+) -> list[io.ImageReadError]:
+    """Every problem of one image/label pair (empty when usable), each a refusal with its HTTP status."""
+    problems: list[io.ImageReadError] = []
     image_shape = label_shape = None
     try:
         image, _ = io.read_image(image_path, max_pixels=max_pixels)
         image_to_channel_first(image, channels=1, source=image_path)  # channel layout and transparency checks
         image_shape = image.shape[:2]
     except io.ImageReadError as e:
-        problems.append(f"image {e}")
+        problems.append(io.ImageReadError(f"image {e}", e.http_status))
     try:
         label, _ = io.read_image(label_path, max_pixels=max_pixels)
         label_shape = label.shape[:2]
         label_to_class_indices(label, num_classes, source=label_path)
     except ValueError as e:  # ImageReadError included
-        problems.append(f"label {e}")
+        problems.append(io.ImageReadError(f"label {e}", getattr(e, "http_status", 422)))
     if image_shape is not None and label_shape is not None and image_shape != label_shape:
         problems.append(
-            f"label {label_path} has (H, W) = {tuple(label_shape)} but its image {image_path} has "
-            f"(H, W) = {tuple(image_shape)}"
+            io.ImageReadError(
+                f"label {label_path} has (H, W) = {tuple(label_shape)} but its image {image_path} has "
+                f"(H, W) = {tuple(image_shape)}"
+            )
         )
     return problems
+
+
+def check_labelled_pair(
+    image_path: str, label_path: str, num_classes: int = 2, max_pixels: int = io.DEFAULT_MAX_PIXELS
+) -> list[str]:
+    """Every problem of one image/label pair as text (empty when usable): see :func:`validate_labelled_pairs`."""
+    return [str(p) for p in labelled_pair_problems(image_path, label_path, num_classes, max_pixels)]
 
 
 def validate_labelled_pairs(

@@ -243,18 +243,19 @@ def find_pixel_size_csv(images: str | os.PathLike) -> Path | None:
 
 
 def file_pixel_spacing(path: str | os.PathLike, geometry: io.ImageGeometry) -> Spacing | None:
-    """The pixel spacing ``(row_mm, col_mm)`` an image file carries, or ``None`` when its format has none.
+    """The pixel spacing ``(row_mm, col_mm)`` an image file carries, or ``None`` when no physical spacing is known.
 
-    NIfTI and NRRD carry one; PNG and JPEG do not (ITK reports 1 x 1); DICOM counts when its spacing is not
-    ITK's default of exactly 1 x 1 (ultrasound DICOM often has no ``PixelSpacing``).
+    PNG and JPEG carry none. NIfTI, NRRD and DICOM carry one, except where the geometry is exactly the default a
+    reader reports for a file without any (:data:`sscase_monai.io.UNKNOWN_SPACING_RULE`): 3D Slicer sends a PNG it
+    opened as such a NIfTI, and ultrasound DICOM often has no ``PixelSpacing``; reporting those lengths as
+    millimetres would report pixels as millimetres.
     """
     extension = io.image_extension(path)
-    spacing = geometry.pixel_spacing_hw
-    if extension in SPACING_FORMATS:
-        return spacing
-    if extension in (".dcm", ".dicom") and spacing != (1.0, 1.0):
-        return spacing
-    return None
+    if extension not in SPACING_FORMATS + (".dcm", ".dicom") or geometry.has_default_placement:
+        return None
+    if extension in (".dcm", ".dicom") and geometry.pixel_spacing_hw == (1.0, 1.0):
+        return None  # ITK's default for a DICOM without PixelSpacing, whatever its origin
+    return geometry.pixel_spacing_hw
 
 
 def _lookup(spacing_lookup: SpacingLookup, path: str | os.PathLike) -> Spacing | None:

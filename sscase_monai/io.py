@@ -29,7 +29,27 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 
 
 class ImageReadError(ValueError):
-    """An image or label file that cannot be used: unreadable, or not a 2-D image."""
+    """An image or label file that cannot be used: unreadable, not a 2-D image, too large, ...
+
+    The library's one refusal type: it carries the HTTP status a server answers it with (``http_status``: 422 for a
+    readable request whose file cannot be used, 413 for one over the pixel limit), so no caller picks a status from
+    the message text.
+
+    Args:
+        reason: what is wrong, naming the file.
+        http_status: the status a server answers with.
+    """
+
+    def __init__(self, reason: str, http_status: int = 422) -> None:
+        super().__init__(reason)
+        self.http_status = http_status
+
+
+UNKNOWN_SPACING_RULE = (
+    "a pixel spacing of exactly 1 x 1 with origin 0 and identity direction means no physical spacing is known: it is "
+    "what PNG/JPEG files carry, and what 3D Slicer writes when it sends a PNG/JPEG scan as NIfTI"
+)
+"""The project's one rule for images whose file says nothing about pixel size (README, "Measurements")."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,17 @@ class ImageGeometry:
     def pixel_spacing_hw(self) -> tuple[float, float]:
         """Spacing along rows and columns ``(row_mm, col_mm)``."""
         return float(self.spacing[1]), float(self.spacing[0])
+
+    @property
+    def has_default_placement(self) -> bool:
+        """Whether the geometry is what a reader reports for a file with none: spacing exactly 1, origin 0, identity
+        direction (a PNG or JPEG; also the NIfTI 3D Slicer saves from one, see :data:`UNKNOWN_SPACING_RULE`)."""
+        dim = len(self.size)
+        return (
+            all(s == 1.0 for s in self.spacing)
+            and all(o == 0.0 for o in self.origin)
+            and tuple(float(d) for d in self.direction) == tuple(float(d) for d in np.eye(dim).ravel())
+        )
 
     def index_to_lps(self, points_rc: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
         """Physical positions (ITK's LPS, mm) of continuous pixel coordinates ``(row, col)``.
@@ -200,7 +231,7 @@ def _check_2d(path: Path, size: Sequence[int], max_pixels: int) -> None:
     if w < 2 or h < 2:
         raise ImageReadError(f"{path}: image of {w}x{h} pixels is too small to segment")
     if w * h > max_pixels:
-        raise ImageReadError(f"{path}: image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels")
+        raise ImageReadError(f"{path}: image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels", 413)
 
 
 def _check_finite(path: Path, array: np.ndarray) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sscase_monai.biometry import format_measurements
 from sscase_monai.io import flip_lps_ras
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def markup(
     labels: Sequence[str] | None = None,
     color: Sequence[float] = TCD_COLOR,
     description: str = "",
+    measurement: str | None = "length",
 ) -> dict[str, Any]:
     """One markup of a markups document.
 
@@ -55,6 +57,7 @@ def markup(
         labels: a label per control point (default ``<name>-<n>``).
         color: display colour (RGB, 0-1).
         description: shown in Slicer's markups module.
+        measurement: the Slicer measurement shown with the markup (``length`` for a line or curve); ``None``: none.
     """
     positions = _ras_to_lps(points_ras)
     labels = list(labels) if labels is not None else [f"{name}-{i}" for i in range(1, len(positions) + 1)]
@@ -85,6 +88,7 @@ def markup(
             }
             for i, (label, position) in enumerate(zip(labels, positions, strict=True), start=1)
         ],
+        "measurements": [{"name": "length", "enabled": measurement == "length"}],
         "display": {
             "visibility": True,
             "color": list(color),
@@ -104,11 +108,16 @@ def biometry_markups(biometry: Mapping[str, Any]) -> dict[str, Any] | None:
     """The markups document of a :func:`sscase_monai.biometry.measure_biometry` result, or ``None`` if it has
     nothing to draw.
 
-    A ``TCD`` line between the TCD's two end points and an ``HC`` closed curve along the fitted ellipse; a length in
-    pixels (an image without spacing) is said so in the description, since Slicer shows the unit pixels as mm.
+    A ``TCD`` line between the TCD's two end points and an ``HC`` closed curve along the fitted ellipse, each named
+    with its value and unit (``TCD 31.4 mm``: the name is what Slicer shows beside the markup and in its lists).
+    Slicer measures a line's length in its own world unit, the image file's spacing: where the spacing comes from
+    elsewhere (``spacing_source`` other than ``"file"``: a pixel size given with the request, or none), that length
+    would disagree with the name, so Slicer's own length measurement is turned off.
     """
     unit = biometry.get("unit", "mm")
-    suffix = "" if unit == "mm" else " (no pixel spacing: Slicer's mm are pixels here)"
+    texts = format_measurements(biometry)
+    suffix = "" if unit == "mm" else " (no pixel spacing: in pixels)"
+    slicer_length = biometry.get("spacing_source", "file") == "file"
     markups = []
     tcd = biometry.get("tcd")
     if tcd:
@@ -116,11 +125,12 @@ def biometry_markups(biometry: Mapping[str, Any]) -> dict[str, Any] | None:
         markups.append(
             markup(
                 "Line",
-                "TCD",
+                f"TCD {texts['TCD']}",
                 tcd["endpoints_ras"],
                 labels=["TCD-1", "TCD-2"],
                 color=TCD_COLOR,
                 description=f"transverse cerebellar diameter {length:.2f} {unit}{suffix}",
+                measurement="length" if slicer_length else None,
             )
         )
     hc = biometry.get("hc")
@@ -129,10 +139,11 @@ def biometry_markups(biometry: Mapping[str, Any]) -> dict[str, Any] | None:
         markups.append(
             markup(
                 "ClosedCurve",
-                "HC",
+                f"HC {texts['HC']}",
                 hc["curve_ras"],
                 color=HC_COLOR,
                 description=f"head circumference (ellipse fit) {circumference:.2f} {unit}{suffix}",
+                measurement="length" if slicer_length else None,
             )
         )
     return markups_document(markups) if markups else None

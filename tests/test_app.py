@@ -125,14 +125,12 @@ def test_run_returns_tcd_in_mm_and_markups_slicer_loads_at_the_expected_ras(serv
     np.testing.assert_allclose(tcd["endpoints_ras"], expected, atol=1e-3)
     assert "hc" not in measured  # the cerebellum model has no head label
 
-    # the markups file, from the JSON and where the server wrote it, loaded with Slicer's markups logic
+    # the markups document of the JSON, loaded with Slicer's markups logic
     document = tmp_path / "biometry.mrk.json"
     document.write_text(json.dumps(params["markups"]))
-    written = server.workdir / "home" / params["markups_file"]  # relative to the workspace, $SSCASE_MONAI_HOME
-    assert params["markups_file"].startswith("results/markups/tmp") and written.name.endswith(".mrk.json")
-    assert json.loads(written.read_text()) == params["markups"]
+    assert "markups_file" not in params  # no server-side copy: the measurement model returns the file itself
     (line,) = load_markups(document)
-    assert line.class_name == "vtkMRMLMarkupsLineNode" and line.name == "TCD"
+    assert line.class_name == "vtkMRMLMarkupsLineNode" and line.name == f"TCD {tcd['length_mm']:.1f} mm"
     np.testing.assert_allclose(line.points_ras, expected, atol=1e-3)
     assert line.length == pytest.approx(feret.length, abs=1e-3)  # Slicer measures the same length
 
@@ -148,13 +146,15 @@ def test_run_on_a_png_gives_pixels_unless_a_pixel_size_is_sent(server, client):
     _, params = client.infer("sscase", "case_015", dict(SLICER_PARAMS))
     measured = params["biometry"]
     assert measured["unit"] == "px" and measured["spacing_mm"] is None
-    assert "no pixel spacing" in measured["spacing_note"]
+    assert "no pixel spacing" in measured["spacing_note"] and measured["spacing_source"] == "none"
     assert "length_mm" not in measured["tcd"] and measured["tcd"]["length_px"] > 0
     assert "no pixel spacing" in params["markups"]["markups"][0]["description"]
     _, sized = client.infer("sscase", "case_015", {**SLICER_PARAMS, "pixel_size_mm": 0.3, "markups": False})
     assert sized["biometry"]["tcd"]["length_mm"] == pytest.approx(measured["tcd"]["length_px"] * 0.3, rel=1e-4)
     assert "markups" not in sized
-    for bad in ("abc", 0, -1):
+    _, blank = client.infer("sscase", "case_015", {**SLICER_PARAMS, "pixel_size_mm": 0})  # Slicer's empty cell
+    assert blank["biometry"]["unit"] == "px"
+    for bad in ("abc", -1, "nan"):
         with pytest.raises(MONAILabelClientException, match="Status: 400.*pixel_size_mm must be a positive number"):
             client.infer("sscase", "case_015", {**SLICER_PARAMS, "pixel_size_mm": bad})
     results = server.workdir / "home" / "results"  # a refused request leaves no result file behind

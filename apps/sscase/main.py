@@ -10,7 +10,6 @@ import importlib
 import json
 import logging
 import os
-import tempfile
 
 import torch
 from fastapi import HTTPException
@@ -30,21 +29,45 @@ import lib.configs
 import sscase_monai
 from lib import serving
 from lib.datastore import SSCASEDatastore
-from sscase_monai import io
+from lib.infers.sscase import measurement_spacing
+from lib.trainers.sscase import SSCASETrain, TrainingPlan
+from sscase_monai import biometry, io
 from sscase_monai.cli.serve import DATASTORE_FILE_EXTENSIONS
+from sscase_monai.transforms import label_to_class_indices
 
 logger = logging.getLogger(__name__)
 
 _READABLE = ", ".join(io.IMAGE_EXTENSIONS)
 
+PIXEL_SIZE_INFO = "pixel_size_mm"
+"""Image info key of the pixel size a Run was given for a datastore image without spacing (Submit Label uses it)."""
 
-def _is_upload(image: str) -> bool:
-    """Whether ``image`` is a file the server itself just wrote from an upload (``tmpXXXXXXXX`` in its temp folder)."""
-    if "\0" in image or not os.path.isabs(image):
-        return False
-    path = os.path.realpath(image)
-    in_tmp = os.path.dirname(path) == os.path.realpath(tempfile.gettempdir())
-    return in_tmp and os.path.basename(path).startswith("tmp") and os.path.isfile(path)
+
+def labels_of_saved_label(label_info: dict, model_labels: dict[str, int]) -> dict[str, int]:
+    """``{name: value}`` of a saved label: Slicer's ``label_info`` (``[{"name", "idx"}]``, one per segment in the
+    order they were exported) when it sent one, else the model's labels."""
+    entries = label_info.get("label_info")
+    if isinstance(entries, list) and entries and all(isinstance(e, dict) and "name" in e for e in entries):
+        return {str(e["name"]): int(e.get("idx", i)) for i, e in enumerate(entries, start=1)}
+    return dict(model_labels)
+
+
+def saved_label_measurements(
+    image_path: str, label_path: str, labels: dict[str, int], pixel_size_mm: float | None, head: tuple[str, ...]
+) -> dict:
+    """``measurements`` (short texts, e.g. ``{"TCD": "31.4 mm"}``) and ``biometry`` of a saved label file."""
+    image_geometry = io.read_image(image_path)[1]
+    array, geometry = io.read_image(label_path)
+    mask = label_to_class_indices(array, max(labels.values(), default=1) + 1, "the saved label")
+    spacing, source = measurement_spacing(image_path, image_geometry, pixel_size_mm)
+    measured = biometry.measure_biometry(mask, geometry, labels, spacing, head=head)
+    measured["spacing_source"] = source
+    answer: dict = {"measurements": biometry.format_measurements(measured)}
+    if spacing is None:
+        answer["unit_note"] = (
+            "in pixels: the image has no pixel spacing; Run it once with pixel_size_mm (Options, infer) to get mm"
+        )
+    return answer
 
 
 def _hide_server_path(error: HTTPException, path: str, shown: str) -> None:
@@ -98,29 +121,61 @@ class SSCASEApp(MONAILabelApp):
         )
 
     def infer(self, request: dict, datastore: Datastore | None = None) -> dict:
-        """Infer on a datastore image id or an uploaded file; never on an arbitrary server path."""
+        """Infer on a datastore image id, an uploaded file or a session's image; never on an arbitrary server path."""
         self._require(self._infers, request.get("model"), "model")
-        image = request.get("image")
-        path, shown = None, None
-        if image == "":  # the endpoint sent neither an image nor a file, only a session id it did not find
-            raise HTTPException(404, "unknown or expired session id: send the image again (?image=ID or a file)")
-        if isinstance(image, str) and _is_upload(image):
-            if not io.is_image_file(image):
-                raise HTTPException(
-                    415, f"uploaded file type {io.image_extension(image)!r} is not an image; send one of {_READABLE}"
-                )
-            path, shown = image, "the uploaded image"
-        elif isinstance(image, str):
-            store = datastore or self.datastore()
-            if isinstance(store, SSCASEDatastore):
-                path = store.image_path_of(image)  # 400 for a path-like id, 404 for an unknown one
-                shown = os.path.basename(path)
+        path, shown = self._image_file(request, datastore)
         try:
-            return super().infer(request, datastore)
+            result = super().infer(request, datastore)
         except HTTPException as e:
             if path:
                 _hide_server_path(e, path, shown)
             raise
+        self._remember_pixel_size(request, result)
+        return result
+
+    def _remember_pixel_size(self, request: dict, result: dict) -> None:
+        """Keep a Run's ``pixel_size_mm`` of a datastore image without spacing in its info: Submit Label measures the
+        corrected label in the same unit."""
+        measured = (result.get("params") or {}).get("biometry") or {}
+        if measured.get("spacing_source") != "pixel_size_mm" or request.get(serving.UPLOADED_FILE_KEY):
+            return
+        if request.get(serving.SESSION_KEY):
+            return
+        store = self.datastore()
+        if isinstance(store, SSCASEDatastore):
+            store.update_image_info(request["image"], {PIXEL_SIZE_INFO: measured["spacing_mm"][0]})
+
+    def _image_file(self, request: dict, datastore: Datastore | None) -> tuple[str | None, str | None]:
+        """The file an infer request segments and the name its messages show, from what the request says it is.
+
+        MONAI Label's endpoint sets ``session`` for a ``session_id`` (Slicer 0.8.5's Run on a volume it opened), the
+        app's infer route :data:`lib.serving.UPLOADED_FILE_KEY` for a file in the request; anything else is a
+        datastore id (400 for a path-like one, 404 for an unknown one).
+        """
+        image = request.get("image")
+        if not isinstance(image, str):
+            return None, None
+        if request.get(serving.SESSION_KEY):
+            sessions = self.sessions()
+            store = os.path.realpath(sessions.store_path) if sessions is not None else None
+            if not store or os.path.commonpath([store, os.path.realpath(image)]) != store:
+                raise HTTPException(404, "unknown or expired session: send the image again")
+            return self._check_image_type(image, "the session's image"), "the session's image"
+        if request.get(serving.UPLOADED_FILE_KEY):
+            return self._check_image_type(image, "uploaded file"), "the uploaded image"
+        store = datastore or self.datastore()
+        if isinstance(store, SSCASEDatastore):
+            path = store.image_path_of(image)
+            return path, os.path.basename(path)
+        return None, None
+
+    @staticmethod
+    def _check_image_type(path: str, what: str) -> str:
+        """``path``, or a 415 when its file type is not one the app reads."""
+        if not os.path.isfile(path) or not io.is_image_file(path):
+            extension = io.image_extension(path)
+            raise HTTPException(415, f"{what} type {extension!r} is not an image; send one of {_READABLE}")
+        return path
 
     def batch_infer(self, request: dict, datastore: Datastore | None = None) -> dict:
         """Infer every selected image and save the masks as ``original`` labels (Slicer shows them on Next Sample)."""
@@ -148,6 +203,18 @@ class SSCASEApp(MONAILabelApp):
             self._require(self._trainers, model, "model")
         return super().bundle_path(model)
 
+    def plan_training(self, model: str, params: dict) -> TrainingPlan | None:
+        """Check a Train request before it starts (404 unknown model, 400 bad option, 409 too few labels)."""
+        self._require(self._trainers, model, "model")
+        task = self._trainers[model]
+        return task.plan({**params, "model": model}, self.datastore()) if isinstance(task, SSCASETrain) else None
+
+    def publish_training_start(self, model: str, plan: TrainingPlan | None) -> None:
+        """Epoch 0 of a training just started, in ``/info`` ``train_stats`` (what Slicer's progress bar reads)."""
+        task = self._trainers.get(model)
+        if plan is not None and isinstance(task, SSCASETrain):
+            task.start_stats(plan)
+
     def train(self, request: dict) -> dict:
         self._require(self._trainers, request.get("model"), "model")
         return super().train(request)
@@ -165,6 +232,34 @@ class SSCASEApp(MONAILabelApp):
         if mode:  # the server is starting with this app: check what its endpoints miss, stop its tasks on exit
             serving.add_request_checks(self)
             serving.stop_background_tasks_on_exit()
+
+    def on_save_label(self, image_id: str, label_id: str) -> dict:
+        """What Slicer's Submit Label dialog shows: the measurements of the label as saved (the corrected mask the
+        sonographer signs off) and how many images are labelled."""
+        store = self.datastore()
+        images = store.list_images()
+        answer: dict = {"labelled": f"{len(store.get_labeled_images())} of {len(images)} images have a final label"}
+        config = next(iter(self.models.values()), None)
+        if config is None or not isinstance(store, SSCASEDatastore):
+            return answer
+        tags = store.get_labels_by_image_id(image_id)
+        # the label just saved is the newest of the image's labels (the endpoint does not pass its tag on)
+        tag = max(tags, key=lambda t: store.get_label_info(image_id, t).get("ts", 0), default=None)
+        if tag is None:
+            return answer
+        info = store.get_image_info(image_id)
+        try:
+            answer |= saved_label_measurements(
+                store.get_image_uri(image_id),
+                store.get_label_uri(image_id, tag),
+                labels_of_saved_label(store.get_label_info(image_id, tag), config.labels),
+                info.get(PIXEL_SIZE_INFO),
+                head=config.head_labels,
+            )
+        except (io.ImageReadError, ValueError) as e:  # the label is saved; only its measurement failed
+            logger.warning("measuring the saved label of %s failed: %s", image_id, e)
+            answer["measurements"] = f"not measured: {e}"
+        return answer
 
     def next_sample(self, request: dict) -> dict:
         strategy = request.get("strategy") or self.default_strategy

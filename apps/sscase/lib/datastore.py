@@ -18,7 +18,7 @@ from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastor
 from watchdog.events import FileCreatedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent
 
 from sscase_monai import io
-from sscase_monai.data import check_labelled_pair
+from sscase_monai.data import labelled_pair_problems
 from sscase_monai.model_files import atomic_copy, atomic_write_bytes
 from sscase_monai.transforms import label_to_class_indices
 
@@ -92,8 +92,7 @@ class SSCASEDatastore(LocalDatastore):
             array, _ = io.read_image(image_filename, max_pixels=self.max_pixels)
             io.check_not_blank(array, image_filename)
         except io.ImageReadError as e:
-            reason = str(e).replace(str(image_filename), "the uploaded file")  # the client never saw our temp name
-            raise HTTPException(refusal_status(reason), f"image {image_id!r} refused: {reason}") from e
+            raise refusal(e, f"image {image_id!r} refused: ", {str(image_filename): "the uploaded file"}) from e
         if array.ndim == 3 and array.shape[-1] == 4 and (array[..., 3] != array[..., 3].max()).any():
             raise HTTPException(422, f"image {image_id!r} has transparency (RGBA with a varying alpha channel)")
         image_id = image_id or self._to_id(os.path.basename(image_filename))[0]
@@ -110,17 +109,13 @@ class SSCASEDatastore(LocalDatastore):
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         check_safe_name(label_tag, "label tag")
         image = self.image_path_of(image_id)
-        problems = check_labelled_pair(image, label_filename, self.num_classes, self.max_pixels)
+        problems = labelled_pair_problems(image, label_filename, self.num_classes, self.max_pixels)
         if problems:
             # the messages name the server's files: say which upload (and which image) they are instead
-            shown = [
-                p.replace(f"label {label_filename}", "the uploaded label")
-                .replace(str(label_filename), "the uploaded label")
-                .replace(image, os.path.basename(image))
-                for p in problems
-            ]
-            detail = "; ".join(shown)
-            raise HTTPException(refusal_status(detail), f"label for image {image_id!r} refused: {detail}")
+            shown = {f"label {label_filename}": "the uploaded label", str(label_filename): "the uploaded label"}
+            raise refusal(
+                problems, f"label for image {image_id!r} refused: ", {**shown, image: os.path.basename(image)}
+            )
         self._refuse_foreground_on_blank(image_id, image, label_filename)
         _, ext = self._to_id(os.path.basename(label_filename))
         name = self._filename(image_id, ext)
@@ -210,6 +205,14 @@ def _is_plain_name(*names: str) -> bool:
     )
 
 
-def refusal_status(reason: str) -> int:
-    """HTTP status for refusing an unusable image or label: 413 for one over the pixel limit, else 422."""
-    return 413 if "exceeds the limit" in reason else 422
+def refusal(
+    errors: io.ImageReadError | list[io.ImageReadError], prefix: str = "", shown: dict[str, str] | None = None
+) -> HTTPException:
+    """The app's one mapping of the library's refusals to an HTTP answer: the errors' status (the largest, so 413
+    for an image over the pixel limit wins over 422) and their reasons, with the server's own file names replaced by
+    what the client knows them as (``shown``: ``{server path: shown name}``)."""
+    errors = errors if isinstance(errors, list) else [errors]
+    detail = "; ".join(str(e) for e in errors)
+    for path, name in (shown or {}).items():
+        detail = detail.replace(path, name)
+    return HTTPException(max(e.http_status for e in errors), prefix + detail)

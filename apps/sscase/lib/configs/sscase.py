@@ -20,7 +20,8 @@ import lib.trainers
 from lib.activelearning import HighestScore
 from sscase_monai.biometry import HEAD_LABELS, parse_label_names
 from sscase_monai.model_files import DEFAULT_LABELS, ModelSpec
-from sscase_monai.training import TrainingConfig
+from sscase_monai.training import PseudoLabelConfig
+from sscase_monai.training.schedules import default_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ DIVERSITY_KEY = "diversity_distance"
 DEFAULT_STRATEGY = "diversity"
 """Next Sample's strategy when a request names none (and Slicer's first choice): the best in the HC18 active-learning
 simulation (``bench/RESULTS.md``, "Active learning on HC18 (issue #12)"); ``random`` when scoring is off."""
+MEASUREMENTS_SUFFIX = "_measurements"
+"""The measurement model of config ``sscase`` is ``sscase_measurements``: Run on it draws the TCD / HC markups."""
 STRATEGY_NAMES: tuple[str, ...] = ("random", "first", "epistemic", "tta", "diversity")
 
 
@@ -55,9 +58,11 @@ class SSCASE(TaskConfig):
         scoring: run the scoring methods (``epistemic``, ``tta``, ``diversity``) [true].
         strategy: Next Sample's strategy when a request names none, listed first for Slicer [diversity; random
             without scoring].
-        train_epochs: epochs of stages 1,2,3 [20,50,30].  train_stages: stages to run [1,2,3].
-        train_batch_size [8], train_samples_per_image [32], train_val_split [0.2], train_workers [0],
-        train_device [auto], train_consistency_weight [0].
+        train_epochs: epochs of stages 1,2,3 [20,50,30 on a GPU, 3,6,3 on a CPU].  train_stages: stages to run
+            [1,2,3].  train_lr: learning rates [1e-4,1e-5,5e-6 on a GPU, 0.001,0.0001,5e-05 on a CPU].
+        train_batch_size [8], train_samples_per_image [32 on a GPU, 8 on a CPU], train_val_split [0.2],
+        train_workers [0], train_device [auto], train_consistency_weight [0], train_pseudo_labels [true],
+        train_pseudo_confidence [0.95], train_pseudo_min_fraction [0.9], train_pseudo_min_pixels [10].
     """
 
     def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs: Any) -> None:
@@ -87,10 +92,16 @@ class SSCASE(TaskConfig):
         self.train_defaults = _train_defaults(conf)
         logger.info("sscase: labels %s, %s, model %s", self.labels, self.spec, self.path)
 
-    def infer(self) -> InferTask:
-        return lib.infers.SSCASEInfer(
-            path=self.path, labels=self.labels, tta=self.tta, head_labels=self.head_labels, markups=self.markups
-        )
+    def infer(self) -> dict[str, InferTask]:
+        """The segmentation model first (Slicer's auto-run picks the first model), then its measurements as markups."""
+        common = {"path": self.path, "labels": self.labels, "tta": self.tta, "head_labels": self.head_labels}
+        return {
+            self.name: lib.infers.SSCASEInfer(**common, markups=self.markups),
+            f"{self.name}{MEASUREMENTS_SUFFIX}": lib.infers.SSCASEMeasurementsInfer(
+                **common,
+                description=f"TCD / HC of the {self.name} segmentation as Slicer markups, named with their values",
+            ),
+        }
 
     def trainer(self) -> TrainTask:
         return lib.trainers.SSCASETrain(
@@ -136,19 +147,26 @@ def _parse_labels(value: str | None) -> dict[str, int]:
 
 
 def _train_defaults(conf: dict[str, str]) -> dict[str, Any]:
-    """Training options as Slicer shows them in the Train options, from ``train_*`` conf keys and the method."""
-    stages = TrainingConfig().stages
+    """Training options as Slicer shows them in the Train options, from ``train_*`` conf keys and the device's
+    default schedule (:func:`sscase_monai.training.schedules.default_schedule`: the method's on a GPU, a short one on
+    a CPU)."""
+    device = conf.get("train_device", "auto")
+    schedule = default_schedule(device)
+    pseudo = PseudoLabelConfig()
     defaults: dict[str, Any] = {
         "stages": conf.get("train_stages", "1,2,3"),
-        "epochs": conf.get("train_epochs", ",".join(str(s.epochs) for s in stages)),
-        "learning_rates": conf.get("train_lr", ",".join(f"{s.lr:g}" for s in stages)),
+        "epochs": conf.get("train_epochs", ",".join(str(e) for e in schedule.epochs)),
+        "learning_rates": conf.get("train_lr", ",".join(f"{lr:g}" for lr in schedule.lr)),
         "batch_size": int(conf.get("train_batch_size", "8")),
-        "samples_per_image": int(conf.get("train_samples_per_image", "32")),
+        "samples_per_image": int(conf.get("train_samples_per_image", str(schedule.samples_per_image))),
         "val_split": float(conf.get("train_val_split", "0.2")),
         "num_workers": int(conf.get("train_workers", "0")),
-        "device": conf.get("train_device", "auto"),
+        "device": device,
         "consistency_weight": float(conf.get("train_consistency_weight", "0")),
         "pseudo_labels": strtobool(conf.get("train_pseudo_labels", "true")),
+        "pseudo_confidence": float(conf.get("train_pseudo_confidence", str(pseudo.confidence))),
+        "pseudo_min_fraction": float(conf.get("train_pseudo_min_fraction", str(pseudo.min_confident_fraction))),
+        "pseudo_min_pixels": int(conf.get("train_pseudo_min_pixels", str(pseudo.min_foreground_pixels))),
         "init_from_current_model": strtobool(conf.get("train_from_current_model", "true")),
         "resume": strtobool(conf.get("train_resume", "true")),
         "seed": int(conf.get("train_seed", "0")),

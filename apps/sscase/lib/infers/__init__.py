@@ -1,5 +1,5 @@
 """sscase MONAI Label app: infer tasks."""
 
-from .sscase import SSCASEInfer
+from .sscase import SSCASEInfer, SSCASEMeasurementsInfer
 
-__all__ = ["SSCASEInfer"]
+__all__ = ["SSCASEInfer", "SSCASEMeasurementsInfer"]

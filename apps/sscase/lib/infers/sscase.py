@@ -19,7 +19,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.generic import strtobool
 
-from lib.datastore import refusal_status
+from lib.datastore import refusal
 from sscase_monai import biometry, io, markups
 from sscase_monai.evaluation import file_pixel_spacing
 from sscase_monai.inference import ProbabilityInferer, RestoreToOriginald, optimize_for_inference
@@ -54,15 +54,41 @@ def refuse_blank_image(image: torch.Tensor) -> torch.Tensor:
     return image
 
 
-def _pixel_size(value: Any) -> float:
-    """Request param ``pixel_size_mm``: a positive number (400 otherwise)."""
+def requested_pixel_size(value: Any) -> float | None:
+    """Request param ``pixel_size_mm``: ``None`` when not given (blank or 0, as Slicer's Options table sends an empty
+    cell), else a positive number of mm.
+
+    Raises:
+        HTTPException: 400 for anything else.
+    """
+    if value in (None, "", 0, 0.0, "0"):
+        return None
     try:
         size = float(value)
     except (TypeError, ValueError):
         size = float("nan")
     if not (size > 0 and size < float("inf")):
-        raise HTTPException(400, f"pixel_size_mm must be a positive number of mm, got {value!r}")
+        raise HTTPException(400, f"pixel_size_mm must be a positive number of mm (or 0: not given), got {value!r}")
     return size
+
+
+def measurement_spacing(
+    image_path: str, geometry: io.ImageGeometry, pixel_size_mm: Any
+) -> tuple[tuple[float, float] | None, str]:
+    """The pixel spacing to measure in and where it comes from: ``"file"``, ``"pixel_size_mm"`` or ``"none"``.
+
+    The file's own spacing wins; ``pixel_size_mm`` serves an image without one
+    (:data:`sscase_monai.io.UNKNOWN_SPACING_RULE`: a PNG, or the NIfTI Slicer sends for one).
+    """
+    requested = requested_pixel_size(pixel_size_mm)
+    spacing = file_pixel_spacing(image_path, geometry)
+    if spacing is not None:
+        if requested is not None and not np.allclose(spacing, requested, rtol=0.01):
+            logger.info("pixel_size_mm %s ignored: the image's own spacing is %s", requested, spacing)
+        return spacing, "file"
+    if requested is not None:
+        return (requested, requested), "pixel_size_mm"
+    return None, "none"
 
 
 class NoModelError(HTTPException):
@@ -86,16 +112,18 @@ class SSCASEInfer(BasicInferTask):
 
     The result JSON also has ``biometry`` (:func:`sscase_monai.biometry.measure_biometry`: per label its area, the
     cerebellum's TCD with its end points, a head label's HC; points in Slicer's RAS; lengths in mm, or in pixels
-    with a ``spacing_note`` for an image without spacing, unless the request gives ``pixel_size_mm``) and, with
-    ``markups`` on, ``markups`` (a Slicer ``.mrk.json`` document: TCD line, HC closed curve) and ``markups_file``
-    (where the server wrote it, relative to its workspace: ``results/markups/<image id>.mrk.json``).
+    with a ``spacing_note`` for an image without spacing (:data:`sscase_monai.io.UNKNOWN_SPACING_RULE`), unless the
+    request gives ``pixel_size_mm``; ``spacing_source`` says which) and, with ``markups`` on, ``markups`` (a Slicer
+    ``.mrk.json`` document: TCD line, HC closed curve). :class:`SSCASEMeasurementsInfer` returns that document as
+    the result file, which Slicer's module loads as markups.
 
     Args:
         path: candidate model files, lowest priority first.
         labels: label names and values.
         tta: test-time augmentation by default (request param ``tta`` overrides).
         head_labels: label names whose HC is reported, first match wins (``()``: none).
-        markups: return and write the markups by default (request param ``markups`` overrides).
+        markups: return the markups document in the result JSON by default (request param ``markups`` overrides).
+        description: shown as the model's tooltip in Slicer.
     """
 
     def __init__(
@@ -105,6 +133,7 @@ class SSCASEInfer(BasicInferTask):
         tta: bool = False,
         head_labels: Sequence[str] = biometry.HEAD_LABELS,
         markups: bool = True,
+        description: str = "SS_CASE_UNet segmentation of 2-D ultrasound (fetal cerebellum by default)",
     ) -> None:
         super().__init__(
             path=[p for p in path if p],
@@ -112,8 +141,9 @@ class SSCASEInfer(BasicInferTask):
             type=InferType.SEGMENTATION,
             labels=labels,
             dimension=2,
-            description="SS_CASE_UNet segmentation of 2-D ultrasound (fetal cerebellum by default)",
-            config={"tta": tta, "markups": markups},
+            description=description,
+            # every entry is a row of Slicer's Options table, sent with every Run (a float 0 shows as an empty cell)
+            config={"tta": tta, "markups": markups, "pixel_size_mm": 0.0},
         )
         self.head_labels = tuple(head_labels)
         self._lock = threading.Lock()
@@ -181,21 +211,19 @@ class SSCASEInfer(BasicInferTask):
         return path, result
 
     def measurements(self, data: dict, mask: np.ndarray, labels: dict[str, int]) -> dict[str, Any]:
-        """``biometry`` of the mask and, unless turned off, its ``markups`` document and ``markups_file``."""
+        """``biometry`` of the mask and, unless turned off, its ``markups`` document."""
         geometry: io.ImageGeometry = data["geometry"]
-        spacing = file_pixel_spacing(data.get("image_path") or "", geometry)
-        if spacing is None and data.get("pixel_size_mm") not in (None, ""):
-            spacing = _pixel_size(data["pixel_size_mm"])
+        spacing, source = measurement_spacing(data.get("image_path") or "", geometry, data.get("pixel_size_mm"))
         measured = biometry.measure_biometry(mask, geometry, labels, spacing, head=self.head_labels)
+        measured["spacing_source"] = source
+        if spacing is None:
+            measured["spacing_note"] = (
+                f"no pixel spacing known ({io.UNKNOWN_SPACING_RULE}): lengths and areas are in pixels, not mm; "
+                "give the scan's pixel size as pixel_size_mm (Slicer: Options, infer) to measure in mm"
+            )
         result: dict[str, Any] = {"biometry": measured}
-        if strtobool(str(data.get("markups", self._config["markups"]))):
-            document = markups.biometry_markups(measured)
-            result["markups"] = document
-            if document is not None:
-                stem = io.image_stem(data.get("image_path") or "result") or "result"
-                written = markups.write_markups(document, result_folder() / "markups" / stem)
-                # relative to the workspace: a result never shows the server's own paths
-                result["markups_file"] = written.relative_to(default_workspace()).as_posix()
+        if strtobool(str(data.get("markups", self._config.get("markups", True)))):
+            result["markups"] = markups.biometry_markups(measured)
         return result
 
     def __call__(self, request: dict, callbacks: Any = None) -> tuple[str | None, dict]:
@@ -204,14 +232,47 @@ class SSCASEInfer(BasicInferTask):
         except HTTPException:
             raise
         except io.ImageReadError as e:
-            raise HTTPException(status_code=refusal_status(str(e)), detail=str(e)) from e
+            raise refusal(e) from e
         except RuntimeError as e:  # MONAI's Compose wraps a transform's error; show the cause
             cause = e.__cause__
-            if isinstance(cause, io.ImageReadError | ValueError):
-                raise HTTPException(status_code=422, detail=str(cause)) from e
+            if isinstance(cause, io.ImageReadError):
+                raise refusal(cause) from e
+            if isinstance(cause, ValueError):
+                raise refusal(io.ImageReadError(str(cause))) from e
             raise
         # MONAI Label replaces the writer's label_names with the configured labels after writing; Slicer names the
         # mask values by label_names, so they must be the served model's own (what its mask values mean)
         if isinstance(result, dict) and _MODEL_LABELS in result:
             result["label_names"] = result.pop(_MODEL_LABELS)
         return label, result
+
+
+class SSCASEMeasurementsInfer(SSCASEInfer):
+    """The same segmentation and measurements as :class:`SSCASEInfer`, returned as a Slicer markups file.
+
+    Slicer's MONAI Label module loads a Run's result file that ends in ``.json`` as markups
+    (``slicer.util.loadMarkups``) and reads nothing else of the result but ``label_names``: this is the way a
+    measurement reaches the screen with no manual step. The file is the ``markups`` document of the segmentation
+    (TCD line, HC closed curve, their values in the names); a mask with nothing to measure is a 422 saying so, which
+    the module shows in its error dialog.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._config.pop("markups")  # always on here: no Options row for it
+
+    def writer(self, data: dict, extension: str | None = None, dtype: str | None = None) -> tuple[str, dict]:
+        mask: np.ndarray = data["pred"]
+        labels = self.current_model(data["device"])[1].labels
+        result = {"label_names": labels, _MODEL_LABELS: labels, "tta": bool(self.inferer(data).tta)}
+        result |= self.measurements({**data, "markups": True}, mask, labels)
+        document = result["markups"]
+        if document is None:
+            found = {name: int((mask == value).sum()) for name, value in labels.items()}
+            raise HTTPException(
+                422, f"nothing to measure: the segmentation found no structure with a TCD or HC ({found} pixels)"
+            )
+        fd, path = tempfile.mkstemp(prefix="sscase-result-", suffix=markups.MARKUPS_EXTENSION, dir=result_folder())
+        os.close(fd)
+        markups.write_markups(document, path)
+        return path, result

@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import HTTPException
@@ -26,15 +27,29 @@ from sscase_monai.model_files import (
 )
 from sscase_monai.training import (
     EpochSummary,
+    PseudoLabelConfig,
     SemiSupervisedTrainer,
     TrainingCallback,
     TrainingConfig,
     checkpoint_path,
 )
+from sscase_monai.training.schedules import expected_cpu_seconds, format_duration, uses_cuda
 
 logger = logging.getLogger(__name__)
 
 PSEUDO_TAG = "pseudo"
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """A checked training request: its config, options, data split and (on a CPU) expected seconds."""
+
+    config: TrainingConfig
+    options: dict[str, Any]
+    train: list[dict]
+    val: list[dict]
+    unlabelled: list[dict]
+    expected_seconds: float | None
 
 
 class SSCASETrain(TrainTask):
@@ -81,31 +96,54 @@ class SSCASETrain(TrainTask):
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
 
-    def __call__(self, request: dict, datastore: Datastore) -> dict[str, Any]:
+    def plan(self, request: dict, datastore: Datastore) -> TrainingPlan:
+        """The run a request asks for, checked: its config and data split.
+
+        Raises:
+            HTTPException: 400 for an invalid option, 409 with fewer than 2 final labels (one validates).
+        """
         options = {**self.defaults, **{k: v for k, v in request.items() if k in self.defaults}}
         config = self._training_config(options)
         labelled = datastore.datalist()
         if len(labelled) < 2:
             raise HTTPException(
-                409, f"training needs at least 2 images with a final label (one for validation); have {len(labelled)}"
+                409,
+                f"training needs at least 2 images with a final label (one validates the model); "
+                f"{len(labelled)} of {len(datastore.list_images())} have one: label more with Submit Label",
             )
         train_items, val_items = split_by_exam(labelled, float(options["val_split"]), seed=config.seed)
         unlabelled = [{"image": datastore.get_image_uri(i)} for i in sorted(datastore.get_unlabeled_images())]
+        expected = None
+        if not uses_cuda(config.device):
+            expected = expected_cpu_seconds(config, len(train_items), len(val_items), len(unlabelled))
+        return TrainingPlan(config, options, train_items, val_items, unlabelled, expected)
+
+    def start_stats(self, plan: TrainingPlan) -> None:
+        """Publish epoch 0 of the planned epochs, so Slicer's progress bar starts at the start (it shows 100 % for
+        empty stats); the accuracy stays the current model's until an epoch ends."""
+        SlicerProgress(self.stats_path).start(plan, previous=self.stats())
+
+    def __call__(self, request: dict, datastore: Datastore) -> dict[str, Any]:
+        plan = self.plan(request, datastore)
+        config, options = plan.config, plan.options
         out_dir = os.path.join(self.model_dir, "train")
         if not config.resume and os.path.isdir(out_dir):
             shutil.rmtree(out_dir)
         logger.info(
-            "training on %d labelled (%d validation) and %d unlabelled images -> %s",
-            len(train_items),
-            len(val_items),
-            len(unlabelled),
+            "training on %d labelled (%d validation) and %d unlabelled images -> %s; %d epochs planned%s",
+            len(plan.train),
+            len(plan.val),
+            len(plan.unlabelled),
             out_dir,
+            config.planned_epochs,
+            f", expected about {format_duration(plan.expected_seconds)} on this CPU" if plan.expected_seconds else "",
         )
         progress = SlicerProgress(self.stats_path)
+        progress.start(plan, previous=self.stats())
         callbacks: list[TrainingCallback] = [progress]
         if strtobool(str(options["pseudo_labels"])):
             callbacks.append(PseudoLabelsToDatastore(datastore))
-        trainer = SemiSupervisedTrainer(config, train_items, val_items, unlabelled, out_dir, callbacks=callbacks)
+        trainer = SemiSupervisedTrainer(config, plan.train, plan.val, plan.unlabelled, out_dir, callbacks=callbacks)
         result = trainer.run()
         if result.stopped:
             return {"status": "stopped", "resume": "start training again to continue from the last epoch"}
@@ -130,6 +168,11 @@ class SSCASETrain(TrainTask):
                 device=str(options["device"]),
                 seed=int(options["seed"]),
                 consistency_weight=float(options["consistency_weight"]),
+                pseudo_labels=PseudoLabelConfig(
+                    confidence=float(options["pseudo_confidence"]),
+                    min_confident_fraction=float(options["pseudo_min_fraction"]),
+                    min_foreground_pixels=int(options["pseudo_min_pixels"]),
+                ),
                 resume=strtobool(str(options["resume"])),
                 progress=False,
             )
@@ -153,7 +196,23 @@ class SlicerProgress(TrainingCallback):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.start = time.time()
+        self.start_time = time.time()
+
+    def start(self, plan: TrainingPlan, previous: dict[str, Any]) -> None:
+        """Epoch 0 of the plan, with the current model's accuracy (``previous`` stats) until an epoch ends."""
+        self.start_time = time.time()
+        stats = {
+            "epoch": 0,
+            "total_epochs": plan.config.planned_epochs,
+            "best_metric": previous.get("best_metric", 0.0),
+            "start_ts": int(self.start_time),
+            "current_time": _hms(0),
+            "stage": plan.config.run_stages[0],
+            "stage_epoch": 0,
+        }
+        if plan.expected_seconds is not None:
+            stats["expected_duration"] = format_duration(plan.expected_seconds)
+        self._write(stats)
 
     def _write(self, stats: dict[str, Any]) -> None:
         atomic_write_bytes(self.path, lambda f: f.write(json.dumps(stats, indent=2).encode()))
@@ -164,7 +223,7 @@ class SlicerProgress(TrainingCallback):
                 "epoch": summary.global_epoch,
                 "total_epochs": summary.total_epochs,
                 "best_metric": summary.best_val_dice,
-                "start_ts": int(self.start),
+                "start_ts": int(self.start_time),
                 "current_time": _hms(summary.elapsed_seconds),
                 "stage": summary.stage,
                 "stage_name": summary.stage_name,
@@ -182,7 +241,7 @@ class SlicerProgress(TrainingCallback):
         if os.path.exists(self.path):
             with open(self.path) as f:
                 stats = json.load(f)
-        stats.update({"total_time": _hms(time.time() - self.start), "best_metric": result.best_val_dice})
+        stats.update({"total_time": _hms(time.time() - self.start_time), "best_metric": result.best_val_dice})
         stats.pop("current_time", None)
         self._write(stats)
 
