@@ -18,6 +18,7 @@ import lib.infers
 import lib.scoring
 import lib.trainers
 from lib.activelearning import HighestScore
+from sscase_monai.active_learning import SCORED_STRATEGIES, STRATEGY_REGISTRY, ActiveLearningStrategy
 from sscase_monai.biometry import HEAD_LABELS, parse_label_names
 from sscase_monai.model_files import DEFAULT_LABELS, ModelSpec
 from sscase_monai.training import TrainingConfig
@@ -28,13 +29,13 @@ APP_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__fil
 STARTER_MODEL = os.path.join(APP_DIR, "starter", "sscase_starter.pt")
 """Model trained by the project on the bundled sample data (see ``apps/sscase/starter/README.md``)."""
 
-EPISTEMIC_KEY = "epistemic_entropy"
-TTA_KEY = "tta_disagreement"
-DIVERSITY_KEY = "diversity_distance"
 DEFAULT_STRATEGY = "diversity"
 """Next Sample's strategy when a request names none (and Slicer's first choice): the best in the HC18 active-learning
 simulation (``bench/RESULTS.md``, "Active learning on HC18 (issue #12)"); ``random`` when scoring is off."""
-STRATEGY_NAMES: tuple[str, ...] = ("random", "first", "epistemic", "tta", "diversity")
+MODEL_FREE_STRATEGIES: tuple[str, ...] = (*(s.name for s in STRATEGY_REGISTRY.values() if not s.needs_model), "first")
+"""Strategies offered without scoring: the registry's model-free ones and MONAI Label's ``first`` (``main.py`` adds
+``random`` and ``first``)."""
+STRATEGY_NAMES: tuple[str, ...] = (*MODEL_FREE_STRATEGIES, *(s.name for s in SCORED_STRATEGIES))
 
 
 class SSCASE(TaskConfig):
@@ -81,7 +82,7 @@ class SSCASE(TaskConfig):
         self.epistemic_samples = int(conf.get("epistemic_samples", "8"))
         self.scoring = strtobool(conf.get("scoring", "true"))
         self.default_strategy = conf.get("strategy", DEFAULT_STRATEGY if self.scoring else "random")
-        allowed = STRATEGY_NAMES if self.scoring else ("random", "first")
+        allowed = STRATEGY_NAMES if self.scoring else MODEL_FREE_STRATEGIES
         if self.default_strategy not in allowed:
             raise ValueError(f"--conf strategy must be one of {allowed}, got {self.default_strategy!r}")
         self.train_defaults = _train_defaults(conf)
@@ -105,22 +106,17 @@ class SSCASE(TaskConfig):
     def strategy(self) -> dict[str, Strategy]:
         if not self.scoring:
             return {}
-        return {
-            "epistemic": HighestScore(EPISTEMIC_KEY, "Most uncertain under MC dropout (predictive entropy)"),
-            "tta": HighestScore(TTA_KEY, "Most disagreement between test-time augmentation views"),
-            "diversity": HighestScore(DIVERSITY_KEY, "Farthest from every labelled image (encoder features, core-set)"),
-        }
+        return {s.name: HighestScore(s.key, s.description) for s in SCORED_STRATEGIES}
 
     def scoring_method(self) -> dict[str, ScoringMethod]:
         if not self.scoring:
             return {}
-        return {
-            "epistemic": lib.scoring.UncertaintyScoring(
-                path=self.path, method="mc_dropout", key=EPISTEMIC_KEY, num_samples=self.epistemic_samples
-            ),
-            "tta": lib.scoring.UncertaintyScoring(path=self.path, method="tta", key=TTA_KEY),
-            "diversity": lib.scoring.DiversityScoring(path=self.path, key=DIVERSITY_KEY),
-        }
+        return {s.name: self._scoring(s) for s in SCORED_STRATEGIES}
+
+    def _scoring(self, strategy: ActiveLearningStrategy) -> ScoringMethod:
+        if strategy.kind == "coverage":
+            return lib.scoring.DiversityScoring(path=self.path, strategy=strategy)
+        return lib.scoring.UncertaintyScoring(path=self.path, strategy=strategy, num_samples=self.epistemic_samples)
 
 
 def _parse_labels(value: str | None) -> dict[str, int]:
