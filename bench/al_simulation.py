@@ -214,7 +214,9 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float, records: 
     paired += [_paired(rows, f"{s}+pl", s) for s in STRATEGIES if Arm(s, True) in arms]
     paired = [p for p in paired if p]
     stage_lrs = ", ".join(f"{s.lr:g}" for s in config.training.stages)
-    strategies = "; ".join(f"{s.name} = {s.description[0].lower()}{s.description[1:]}" for s in STRATEGY_REGISTRY.values())
+    strategies = "; ".join(
+        f"{s.name} = {s.description[0].lower() + s.description[1:]}" for s in STRATEGY_REGISTRY.values()
+    )
     return "\n".join(
         [
             f"Measured {time.strftime('%Y-%m-%d')} on {host['cpu']}, {host['cores']} cores shared with another "

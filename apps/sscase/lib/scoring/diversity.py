@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 
 class DiversityScoring(ScoringMethod):
-    """Write the strategy's key = cosine distance to the nearest labelled image (encoder features) into each unlabelled image.
+    """Write the cosine distance to the nearest labelled image (encoder features) into each unlabelled image's info.
 
     The ``diversity`` strategy then serves the farthest image: k-center greedy (core-set) one label at a time, as
     :func:`sscase_monai.active_learning.k_center_greedy` does for a batch. Scores are redone when the model file or
@@ -28,7 +28,7 @@ class DiversityScoring(ScoringMethod):
     Args:
         path: candidate model files, lowest priority first (the last existing one is used).
         strategy: the registry entry (``sscase_monai.active_learning.STRATEGY_REGISTRY``, a ``"coverage"`` one)
-            whose key to write the distance under.
+            whose key the distance is written under.
     """
 
     def __init__(self, path: Sequence[str | None], strategy: ActiveLearningStrategy) -> None:
