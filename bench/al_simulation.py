@@ -53,6 +53,7 @@ from sscase_monai.al_simulation import (  # noqa: E402
 )
 from sscase_monai.cli.train import int_list  # noqa: E402
 from sscase_monai.data import pair_images_with_labels  # noqa: E402
+from sscase_monai.method import PSEUDO_LABELS  # noqa: E402
 from sscase_monai.model_files import ModelSpec  # noqa: E402
 from sscase_monai.training import TrainingConfig  # noqa: E402
 
@@ -260,8 +261,7 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float, records: 
             "",
             *[f"- {line}" for line in paired],
             "",
-            "Stage 3's pseudo-labels (the method's filter: more than 90 % of pixels at p >= 0.95 or <= 0.05, at least "
-            "10 foreground pixels):",
+            f"Stage 3's pseudo-labels (the method's filter: {PSEUDO_LABELS.describe()}):",
             "",
             *[f"- {line}" for line in _pseudo_label_lines(records, len(pool))],
         ]

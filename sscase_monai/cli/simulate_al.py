@@ -14,6 +14,7 @@ from pathlib import Path
 from sscase_monai.active_learning import STRATEGIES, STRATEGY_REGISTRY
 from sscase_monai.cli.predict import parse_device, positive_int
 from sscase_monai.cli.train import float_list, int_list
+from sscase_monai.method import BATCH_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     schedule.add_argument(
         "--lr", type=float_list, default=(1e-3, 3e-4, 1e-4), metavar="L1,L2,L3", help="stage LRs (1e-3,3e-4,1e-4)"
     )
-    schedule.add_argument("--batch-size", type=positive_int, default=8, metavar="B", help="images per step (8)")
+    schedule.add_argument(
+        "--batch-size", type=positive_int, default=BATCH_SIZE, metavar="B", help="images per step (%(default)s)"
+    )
     schedule.add_argument("--device", type=parse_device, default="auto", help="auto, cpu, cuda or cuda:N")
     schedule.add_argument(
         "--threads", type=positive_int, metavar="N", help="torch CPU threads (default: torch's; 1 on a busy CPU)"
