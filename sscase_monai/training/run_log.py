@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sscase_monai.method import STAGE_NAMES
 from sscase_monai.training.callbacks import EpochSummary
-from sscase_monai.training.config import STAGE_NAMES
 from sscase_monai.training.results import HISTORY_COLUMNS, write_history_csv
 from sscase_monai.training.stage_loop import EpochRecord
 
