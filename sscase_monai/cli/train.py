@@ -183,27 +183,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     schedule.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (0)")
 
     pseudo = parser.add_argument_group("stage 3 pseudo-labels")
-    pseudo.add_argument(
-        "--pseudo-confidence",
-        type=fraction,
-        default=PSEUDO_LABELS.confidence,
-        metavar="P",
-        help="confident pixel (%(default)s)",
-    )
-    pseudo.add_argument(
-        "--pseudo-min-fraction",
-        type=fraction,
-        default=PSEUDO_LABELS.min_confident_fraction,
-        metavar="F",
-        help="keep above this confident share (%(default)s)",
-    )
-    pseudo.add_argument(
-        "--pseudo-min-pixels",
-        type=int,
-        default=PSEUDO_LABELS.min_foreground_pixels,
-        metavar="N",
-        help="min foreground pixels (%(default)s)",
-    )
+    for flag, kind, name, metavar, what in (
+        ("--pseudo-confidence", fraction, "confidence", "P", "confident pixel"),
+        ("--pseudo-min-fraction", fraction, "min_confident_fraction", "F", "keep above this confident share"),
+        ("--pseudo-min-pixels", int, "min_foreground_pixels", "N", "min foreground pixels"),
+    ):
+        default = getattr(PSEUDO_LABELS, name)
+        pseudo.add_argument(flag, type=kind, default=default, metavar=metavar, help=f"{what} (%(default)s)")
     pseudo.add_argument("--pseudo-tta", action="store_true", help="predict with test-time augmentation")
 
     run_group = parser.add_argument_group("run")
