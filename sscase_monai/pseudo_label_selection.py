@@ -5,8 +5,8 @@ on each unlabelled image's predicted probability map):
 
 1. the pseudo-label is the prediction binarised at ``threshold`` (foreground where ``p > threshold``);
 2. a pixel is confident when ``p >= confidence`` or ``p <= 1 - confidence``;
-3. keep the image when MORE than ``min_confident_fraction`` of its pixels are confident (strict: exactly 90% is
-   rejected) AND the pseudo-label has AT LEAST ``min_foreground_pixels`` foreground pixels (inclusive: 10 is kept).
+3. keep the image when MORE than ``min_confident_fraction`` of its pixels are confident (strict: a share exactly
+   equal is rejected) AND the pseudo-label has AT LEAST ``min_foreground_pixels`` foreground pixels (inclusive).
 
 Multi-class (softmax, ``K + 1`` channels): the pseudo-label is the argmax, a pixel is confident when its largest
 class probability is ``>= confidence``, and foreground pixels are those whose argmax is not 0.
@@ -90,7 +90,7 @@ def select_confident_pseudo_labels(
         if probability.ndim != 3:
             raise ValueError(f"probability map {index} must be (C, H, W), got shape {tuple(probability.shape)}")
         mask, confident = _mask_and_confident(probability.detach(), threshold, confidence)
-        # Python division of exact counts: a fraction of exactly 0.9 equals the literal 0.9 and is rejected.
+        # Python division of exact counts: a share exactly at the limit (e.g. 0.9) equals the literal and is rejected.
         confident_fraction = confident / mask.numel() if mask.numel() else 0.0
         foreground = int((mask != 0).sum())
         accepted = confident_fraction > min_confident_fraction and foreground >= min_foreground_pixels
