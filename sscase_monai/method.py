@@ -126,8 +126,8 @@ class PseudoLabelConfig:
 
 
 PSEUDO_LABELS = PseudoLabelConfig()
-"""The method's pseudo-label filter: confidence 0.95, more than 90 % of pixels confident, at least 10 foreground
-pixels (and binarised at 0.5, predicted without TTA)."""
+"""The method's pseudo-label filter: :class:`PseudoLabelConfig`'s defaults (:meth:`PseudoLabelConfig.describe`
+says it in words)."""
 
 TTA_VIEWS: tuple[str, ...] = ("identity", "hflip", "vflip", "rot90", "rot270")
 """Test-time augmentation: the views whose probabilities are averaged (each inverted back; see
