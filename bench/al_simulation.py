@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from common import RESULTS_FILE, SHARED_DATA, load_average, machine, write_section  # noqa: E402
 
+from sscase_monai.active_learning import STRATEGIES, STRATEGY_REGISTRY  # noqa: E402
 from sscase_monai.al_simulation import (  # noqa: E402
     CURVE_PNG,
     FULL,
@@ -52,6 +53,7 @@ from sscase_monai.al_simulation import (  # noqa: E402
 )
 from sscase_monai.cli.train import int_list  # noqa: E402
 from sscase_monai.data import pair_images_with_labels  # noqa: E402
+from sscase_monai.method import PSEUDO_LABELS  # noqa: E402
 from sscase_monai.model_files import ModelSpec  # noqa: E402
 from sscase_monai.training import TrainingConfig  # noqa: E402
 
@@ -60,7 +62,6 @@ logger = logging.getLogger("al_simulation")
 SECTION_TITLE = "Active learning on HC18 (issue #12)"
 SCRIPT = "bench/al_simulation.py"
 CURVE_FILE = REPO_ROOT / "bench" / "al_curve.png"
-STRATEGIES = ("random", "epistemic", "tta", "diversity")
 TARGETS = (0.95, 0.99)
 
 
@@ -206,7 +207,7 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float, records: 
         f"sscase-monai simulate-al --images {args.data}/train/images --labels {args.data}/train/labels "
         f"--val-images {args.data}/val/images --val-labels {args.data}/val/labels --val-limit {args.val_limit} "
         f"--start {args.start} --step {args.step} --rounds {args.rounds} "
-        f"--strategies random,epistemic,tta,diversity --seeds {args.seeds} --input-size {args.input_size} "
+        f"--strategies {','.join(STRATEGIES)} --seeds {args.seeds} --input-size {args.input_size} "
         f"--epochs {args.epochs} --samples {args.samples} --lr {args.lr} --device cpu --threads 1 --out {out}"
     )
     arms = {Arm.parse(name) for name in curves(rows)}
@@ -214,6 +215,9 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float, records: 
     paired += [_paired(rows, f"{s}+pl", s) for s in STRATEGIES if Arm(s, True) in arms]
     paired = [p for p in paired if p]
     stage_lrs = ", ".join(f"{s.lr:g}" for s in config.training.stages)
+    strategies = "; ".join(
+        f"{s.name} = {s.description[0].lower() + s.description[1:]}" for s in STRATEGY_REGISTRY.values()
+    )
     return "\n".join(
         [
             f"Measured {time.strftime('%Y-%m-%d')} on {host['cpu']}, {host['cores']} cores shared with another "
@@ -233,9 +237,8 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float, records: 
             f"seed), later rounds warm-start from the previous round's model and run stage 2 (+ stage 3 on the "
             f"rest of the pool with pseudo-labelling); stage LRs {stage_lrs}. Strategies pick "
             f"{config.step} images per round from the whole remaining pool with the app's scoring functions "
-            f"(`active_learning.select_batch`): random; epistemic = MC-dropout predictive entropy (8 passes); tta = "
-            f"disagreement of the 5 test-time views; diversity = k-center greedy on the encoder's pooled features "
-            f"(cosine), the labelled images as centers. Full-data Dice = the `full` arm: the same rounds and "
+            f"(`active_learning.select_batch`, MC dropout with {config.mc_samples} passes, the labelled images as the "
+            f"centers of coverage): {strategies}. Full-data Dice = the `full` arm: the same rounds and "
             f"schedule with all {len(build(args)[1])} pool images labelled from round 0, last round, seeds "
             f"{args.full_seeds}. Seeds: {args.seeds} (pseudo-labelling arms: {args.pl_seeds}).",
             "",
@@ -258,8 +261,7 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float, records: 
             "",
             *[f"- {line}" for line in paired],
             "",
-            "Stage 3's pseudo-labels (the method's filter: more than 90 % of pixels at p >= 0.95 or <= 0.05, at least "
-            "10 foreground pixels):",
+            f"Stage 3's pseudo-labels (the method's filter: {PSEUDO_LABELS.describe()}):",
             "",
             *[f"- {line}" for line in _pseudo_label_lines(records, len(pool))],
         ]

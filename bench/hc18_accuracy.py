@@ -60,6 +60,7 @@ from sscase_monai.cli.train import float_list, int_list  # noqa: E402
 from sscase_monai.data import pair_images_with_labels, split_by_exam  # noqa: E402
 from sscase_monai.evaluation import evaluate_model, find_pixel_size_csv, read_pixel_size_csv  # noqa: E402
 from sscase_monai.inference import Predictor  # noqa: E402
+from sscase_monai.method import BATCH_SIZE, SAMPLES_PER_IMAGE, stage_values  # noqa: E402
 from sscase_monai.metrics import format_metrics_table  # noqa: E402
 from sscase_monai.model_files import ModelSpec  # noqa: E402
 from sscase_monai.training import (  # noqa: E402
@@ -169,7 +170,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "hc18", help="HC18 folder")
     parser.add_argument("--minutes", type=float, help="training budget per configuration (18; --quick: 0.2)")
     parser.add_argument("--input-size", type=int, default=128, help="network input side, multiple of 32 (128)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per step (8)")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per step (%(default)s)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (bench/out/hc18; --quick: ...-quick)")
     parser.add_argument("--only", action="append", choices=sorted(CONFIGURATIONS), help="run this configuration")
     parser.add_argument("--quick", action="store_true", help="smoke test: 8/6/8 images, 64 px, 16-sample epochs")
@@ -487,7 +488,7 @@ def command(args: argparse.Namespace, name: str, records: Mapping[str, Any] | No
     if args.quick:
         words.append("--quick")
     words += ["--data", str(args.data), "--minutes", f"{args.minutes:g}", "--input-size", str(args.input_size)]
-    if args.batch_size != 8:
+    if args.batch_size != BATCH_SIZE:
         words += ["--batch-size", str(args.batch_size)]
     words += ["--out", str(args.out), "--only", name]
     if args.threads != 2:
@@ -627,7 +628,8 @@ def render_section(results: Mapping[str, Mapping[str, Any]]) -> str:
         "SS_CASE_UNet splits it 20/50/30 % over stages 1/2/3, the paper's epoch ratio). Stage LRs for "
         "SS_CASE_UNet: 1e-3 (decoder from scratch, encoder frozen) / 1e-4 (full fine-tune: 10x lower so the "
         "pretrained encoder is not wrecked) / 5e-5 (pseudo-label retrain, half of stage 2); the paper's "
-        "1e-4/1e-5/5e-6 are for 20/50/30 GPU epochs of 32 samples per image, ~50x more samples than this budget. "
+        f"{stage_values('lr').replace(',', '/')} are for {stage_values('epochs').replace(',', '/')} GPU epochs of "
+        f"{SAMPLES_PER_IMAGE} samples per image, ~50x more samples than this budget. "
         "Baselines: the better of 1e-3 and 3e-3 in a 3-minute check (BasicUNet 3e-3, FlexibleUNet 1e-3; notes "
         "below). Each stage's best model (lowest validation loss) is scored by `evaluation.evaluate_model` "
         "on each image's original grid (predictions resized back), no test-time augmentation; HD95 in mm from "

@@ -45,6 +45,7 @@ from hc18_accuracy import EpochRecorder, paired_difference, samples_in_epoch  # 
 from sscase_monai.data import pair_images_with_labels, split_by_exam  # noqa: E402
 from sscase_monai.evaluation import evaluate_model  # noqa: E402
 from sscase_monai.inference import Predictor  # noqa: E402
+from sscase_monai.method import BATCH_SIZE  # noqa: E402
 from sscase_monai.metrics import format_metrics_table, format_per_class_table  # noqa: E402
 from sscase_monai.model_files import ARCHITECTURE_TITLES, ModelSpec  # noqa: E402
 from sscase_monai.training import SemiSupervisedTrainer, TrainingConfig  # noqa: E402
@@ -70,7 +71,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=20, help="epochs per configuration in total (20)")
     parser.add_argument("--stage1-epochs", type=int, default=5, help="of which SS_CASE_UNet's stage 1 (5)")
     parser.add_argument("--samples-per-image", type=int, default=6, help="augmented draws per image and epoch (6)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per step (8)")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per step (%(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2)")
     parser.add_argument("--out", type=Path, help="output folder (bench/out/psfhs; --quick: bench/out/psfhs-quick)")
     parser.add_argument("--only", action="append", choices=sorted(CONFIGURATIONS), help="run this configuration")

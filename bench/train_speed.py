@@ -57,6 +57,7 @@ def worker_train(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from sscase_monai.data import split_studies_folder
+    from sscase_monai.method import BATCH_SIZE
     from sscase_monai.model_files import ModelSpec
     from sscase_monai.training import SemiSupervisedTrainer, TrainingConfig
     from sscase_monai.training.loaders import build_train_loader, preprocess_items
@@ -72,7 +73,7 @@ def worker_train(job: dict[str, Any]) -> dict[str, Any]:
         pretrained=False,
         init_weights=str(STARTER_MODEL),  # decent pseudo-labels in stage 3, as a served app would have
         run_stages=(1, 2, 3),
-        batch_size=8,
+        batch_size=BATCH_SIZE,
         samples_per_image=samples,
         device="cpu",
         progress=False,
@@ -85,7 +86,7 @@ def worker_train(job: dict[str, Any]) -> dict[str, Any]:
         SemiSupervisedTrainer(config, train, val, unlabelled, out_dir, callbacks=[throughput.callback]).run()
     total = time.perf_counter() - start
     cache = preprocess_items(train, spec)
-    loader, dataset, sampler = build_train_loader(cache, samples, 8, seed=0)
+    loader, dataset, sampler = build_train_loader(cache, samples, BATCH_SIZE, seed=0)
     dataset.set_epoch(1)
     sampler.set_epoch(1)
     images, start = 0, time.perf_counter()

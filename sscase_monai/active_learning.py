@@ -1,23 +1,24 @@
-"""Active learning: score unlabelled images by model uncertainty, and pick the next one to label.
+"""Active learning: the strategies that pick the next images to label, and the scores they rank by.
 
-Two scores (higher = the model is less sure, so a label there teaches it more):
+Every strategy lives in one registry, :data:`STRATEGY_REGISTRY` (name, description, kind, the image-info key its
+score is stored under, its score function); the MONAI Label app (its strategies and scoring methods),
+``sscase-monai simulate-al``, the simulation (:mod:`sscase_monai.al_simulation`) and ``bench/`` all read it. Kinds:
 
-- ``"mc_dropout"``: predictive entropy under Monte-Carlo dropout (:func:`sscase_monai.uncertainty.mc_dropout_entropy`).
-- ``"tta"``: disagreement between the method's test-time views (:func:`sscase_monai.uncertainty.tta_uncertainty`).
+- ``"random"``: a seeded random draw; needs no model.
+- ``"uncertainty"``: highest score first; the score is a function of the model and a batch of images
+  (higher = the model is less sure, so a label there teaches it more). ``epistemic``: MC-dropout predictive entropy
+  (:func:`sscase_monai.uncertainty.mc_dropout_entropy`); ``tta``: disagreement between the method's test-time views
+  (:func:`sscase_monai.uncertainty.tta_uncertainty`).
+- ``"coverage"``: ``diversity``, core-set / k-center greedy (:func:`k_center_greedy`) on the encoder's globally pooled
+  deepest features (:func:`encoder_features`): each pick is the unlabelled image farthest (cosine distance) from
+  every labelled image and every image picked before it.
 
-Both scores live in :mod:`sscase_monai.uncertainty`; this module only runs them over image files and ranks.
-
-A third strategy picks for coverage instead of uncertainty:
-
-- ``"diversity"``: core-set / k-center greedy (:func:`k_center_greedy`) on the encoder's globally pooled deepest
-  features (:func:`encoder_features`): each pick is the unlabelled image farthest (cosine distance) from every
-  labelled image and every image picked before it.
-
-:data:`STRATEGIES` names every batch strategy the way the MONAI Label app does; :func:`select_batch` runs one of them
-(the active-learning simulation, :mod:`sscase_monai.al_simulation`, calls it every round).
+Adding an uncertainty strategy is one score function (``(network, images, num_samples, seed) -> (B,) scores``) and
+one :class:`ActiveLearningStrategy` entry in :data:`STRATEGY_REGISTRY`.
 
 Scores are computed on 2-D images through the same preprocessing as inference (MONAI Label's own epistemic scoring
-mishandles 2-D inputs).
+mishandles 2-D inputs). Torch is imported when a score is computed, not with this module, so the command line's
+help (which lists the strategies) stays quick.
 """
 
 from __future__ import annotations
@@ -25,30 +26,126 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
-from sscase_monai.inference import Predictor
-from sscase_monai.uncertainty import mc_dropout_entropy, tta_uncertainty
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from sscase_monai.inference import Predictor
 
 logger = logging.getLogger(__name__)
 
-SCORING_METHODS: tuple[str, ...] = ("mc_dropout", "tta")
+ImageScore = Callable[["nn.Module", "torch.Tensor", int, int], "torch.Tensor"]
+"""``(network, images (B, C, H, W), num_samples, seed) -> scores (B,)``, higher = label first."""
 
-STRATEGY_SCORING: dict[str, str] = {"epistemic": "mc_dropout", "tta": "tta"}
-"""The app's uncertainty strategy names and the :func:`score_images` method each ranks by."""
+StrategyKind = Literal["random", "uncertainty", "coverage"]
+KINDS: tuple[str, ...] = ("random", "uncertainty", "coverage")
 
-STRATEGIES: tuple[str, ...] = ("random", "epistemic", "tta", "diversity")
-"""Batch strategies by their app names: random, MC-dropout entropy, TTA disagreement, k-center greedy on features."""
+
+def epistemic_score(network: nn.Module, images: torch.Tensor, num_samples: int, seed: int) -> torch.Tensor:
+    """MC-dropout predictive entropy of each image (:func:`sscase_monai.uncertainty.mc_dropout_entropy`)."""
+    from sscase_monai.uncertainty import mc_dropout_entropy
+
+    return mc_dropout_entropy(network, images, num_samples=num_samples, seed=seed)
+
+
+def tta_score(network: nn.Module, images: torch.Tensor, num_samples: int, seed: int) -> torch.Tensor:
+    """Disagreement of the method's test-time views (:func:`sscase_monai.uncertainty.tta_uncertainty`);
+    deterministic, so ``num_samples`` and ``seed`` are unused."""
+    from sscase_monai.uncertainty import tta_uncertainty
+
+    return tta_uncertainty(network, images)
+
+
+@dataclass(frozen=True)
+class ActiveLearningStrategy:
+    """One way to pick the next images to label.
+
+    Attributes:
+        name: the name the app, ``simulate-al`` and ``bench/`` use (MONAI Label's strategy and scoring method name).
+        description: one line, shown by Slicer and in help texts.
+        kind: ``"random"``, ``"uncertainty"`` (highest :attr:`score` first) or ``"coverage"`` (k-center greedy on
+            encoder features).
+        key: the image-info key the app's scoring method writes the score under (``None``: not scored).
+        score: the per-image score of an ``"uncertainty"`` strategy.
+    """
+
+    name: str
+    description: str
+    kind: StrategyKind
+    key: str | None = None
+    score: ImageScore | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"strategy kind must be one of {KINDS}, got {self.kind!r}")
+        if (self.kind == "uncertainty") != (self.score is not None):
+            raise ValueError(f"strategy {self.name!r}: a score function is needed by, and only by, 'uncertainty'")
+        if self.needs_model and not self.key:
+            raise ValueError(f"strategy {self.name!r} needs a key to store its scores under")
+
+    @property
+    def needs_model(self) -> bool:
+        """Whether picking needs the current model (every kind but ``"random"``)."""
+        return self.kind != "random"
+
+
+STRATEGY_REGISTRY: dict[str, ActiveLearningStrategy] = {
+    s.name: s
+    for s in (
+        ActiveLearningStrategy("random", "A random unlabelled image", "random"),
+        ActiveLearningStrategy(
+            "epistemic",
+            "Most uncertain under MC dropout (predictive entropy)",
+            "uncertainty",
+            key="epistemic_entropy",
+            score=epistemic_score,
+        ),
+        ActiveLearningStrategy(
+            "tta",
+            "Most disagreement between test-time augmentation views",
+            "uncertainty",
+            key="tta_disagreement",
+            score=tta_score,
+        ),
+        ActiveLearningStrategy(
+            "diversity",
+            "Farthest from every labelled image (encoder features, core-set)",
+            "coverage",
+            key="diversity_distance",
+        ),
+    )
+}
+"""Every active-learning strategy by name, ``random`` first."""
+
+STRATEGIES: tuple[str, ...] = tuple(STRATEGY_REGISTRY)
+"""The strategy names, in registry order."""
+
+SCORED_STRATEGIES: tuple[ActiveLearningStrategy, ...] = tuple(s for s in STRATEGY_REGISTRY.values() if s.needs_model)
+"""The strategies that rank by a model's score (the app's scoring methods and score-based strategies)."""
+
+
+def get_strategy(name: str) -> ActiveLearningStrategy:
+    """The registry's strategy called ``name``.
+
+    Raises:
+        ValueError: an unknown name (the message lists the choices).
+    """
+    try:
+        return STRATEGY_REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}") from None
 
 
 def score_images(
     predictor: Predictor,
     images: Iterable[str | os.PathLike],
-    method: str = "mc_dropout",
+    strategy: str = "epistemic",
     num_samples: int = 8,
     seed: int = 0,
 ) -> dict[str, float]:
@@ -57,15 +154,20 @@ def score_images(
     Args:
         predictor: the current model with its preprocessing.
         images: image files.
-        method: ``"mc_dropout"`` or ``"tta"``.
+        strategy: an ``"uncertainty"`` strategy of :data:`STRATEGY_REGISTRY` (``"epistemic"``, ``"tta"``).
         num_samples: MC-dropout passes per image.
         seed: seed for the dropout masks (scores are reproducible).
 
     Returns:
         ``{path: score}``.
+
+    Raises:
+        ValueError: an unknown strategy, or one that does not score images one by one.
     """
-    if method not in SCORING_METHODS:
-        raise ValueError(f"method must be one of {SCORING_METHODS}, got {method!r}")
+    score = get_strategy(strategy).score
+    if score is None:
+        uncertainty = tuple(s.name for s in STRATEGY_REGISTRY.values() if s.score is not None)
+        raise ValueError(f"strategy {strategy!r} does not score images one by one; these do: {uncertainty}")
     scores: dict[str, float] = {}
     for image in images:
         try:
@@ -73,12 +175,7 @@ def score_images(
         except (ValueError, RuntimeError) as e:  # Compose wraps a transform's ImageReadError in a RuntimeError
             logger.warning("not scoring %s: %s", image, e.__cause__ or e)
             continue
-        batch = tensor[None].to(predictor.device)
-        if method == "mc_dropout":
-            score = mc_dropout_entropy(predictor.network, batch, num_samples=num_samples, seed=seed)
-        else:
-            score = tta_uncertainty(predictor.network, batch)
-        scores[str(image)] = float(score[0])
+        scores[str(image)] = float(score(predictor.network, tensor[None].to(predictor.device), num_samples, seed)[0])
     return scores
 
 
@@ -123,7 +220,6 @@ def model_version(path: str | os.PathLike) -> str:
     return f"{os.path.basename(path)}@{stat.st_mtime_ns}"
 
 
-@torch.no_grad()
 def encoder_features(predictor: Predictor, images: Iterable[str | os.PathLike], batch_size: int = 8) -> np.ndarray:
     """The encoder's deepest feature map, averaged over space and L2-normalised, of each image file.
 
@@ -136,6 +232,8 @@ def encoder_features(predictor: Predictor, images: Iterable[str | os.PathLike], 
     Raises:
         ValueError: a network without an encoder; an unreadable image.
     """
+    import torch
+
     encoder = getattr(predictor.network, "encoder", None)
     if encoder is None:
         raise ValueError(f"diversity needs a network with an encoder, got {type(predictor.network).__name__}")
@@ -143,7 +241,8 @@ def encoder_features(predictor: Predictor, images: Iterable[str | os.PathLike], 
     out = []
     for start in range(0, len(paths), batch_size):
         batch = torch.stack([predictor.load_image(p)[0] for p in paths[start : start + batch_size]])
-        deepest = encoder(batch.to(predictor.device))[-1].float()
+        with torch.no_grad():
+            deepest = encoder(batch.to(predictor.device))[-1].float()
         out.append(torch.nn.functional.normalize(deepest.mean(dim=(2, 3)), dim=1).cpu())
     if not out:
         return np.zeros((0, 0), np.float32)
@@ -210,8 +309,9 @@ def select_batch(
     """The ``k`` pool images a strategy would send for labelling next.
 
     Args:
-        strategy: one of :data:`STRATEGIES` (``"epistemic"`` and ``"tta"`` rank by :func:`score_images`, highest
-            first; ``"diversity"`` is :func:`k_center_greedy` on :func:`encoder_features`).
+        strategy: a name in :data:`STRATEGY_REGISTRY`: ``"random"`` draws; an ``"uncertainty"`` strategy ranks by
+            :func:`score_images`, highest first; ``"coverage"`` (``diversity``) is :func:`k_center_greedy` on
+            :func:`encoder_features`.
         predictor: the current model (not needed for ``"random"``).
         pool: unlabelled image paths.
         labelled: labelled image paths (the centers of ``"diversity"``).
@@ -222,18 +322,17 @@ def select_batch(
     Returns:
         Paths from ``pool``, in pick order.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    chosen = get_strategy(strategy)
     pool = [str(p) for p in pool]
     k = min(k, len(pool))
-    if strategy == "random":
+    if chosen.kind == "random":
         order = np.random.default_rng(seed).permutation(len(pool))
         return [pool[i] for i in order[:k]]
     if predictor is None:
         raise ValueError(f"strategy {strategy!r} needs the current model")
-    if strategy == "diversity":
+    if chosen.kind == "coverage":
         features = encoder_features(predictor, pool + [str(p) for p in labelled])
         picks = k_center_greedy(features[: len(pool)], features[len(pool) :], k)
         return [pool[i] for i in picks]
-    scores = score_images(predictor, pool, method=STRATEGY_SCORING[strategy], num_samples=num_samples, seed=seed)
+    scores = score_images(predictor, pool, strategy=strategy, num_samples=num_samples, seed=seed)
     return sorted(scores, key=lambda path: (-scores[path], path))[:k]

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sscase_monai.active_learning import STRATEGIES, select_batch
+from sscase_monai.active_learning import STRATEGIES, get_strategy, select_batch
 from sscase_monai.inference import Predictor
 from sscase_monai.model_files import atomic_write_bytes
 from sscase_monai.training import SemiSupervisedTrainer, StagePlan, TrainingConfig
@@ -373,7 +373,7 @@ class ActiveLearningSimulation:
         if self.config.pool_limit is not None and len(pool) > self.config.pool_limit:
             pool = sorted((pool[i] for i in rng.choice(len(pool), self.config.pool_limit, replace=False)), key=_key)
         predictor = None
-        if arm.strategy != "random":
+        if get_strategy(arm.strategy).needs_model:
             predictor = Predictor.from_file(result.model_path, device=self.config.training.device)
         return select_batch(
             arm.strategy,

@@ -37,9 +37,11 @@ from monai.utils import optional_import
 from torch import nn
 
 from sscase_monai import __version__
+from sscase_monai.data import find_images
 from sscase_monai.inference import Predictor, optimize_for_inference
 from sscase_monai.metrics import segmentation_metrics
 from sscase_monai.model_files import ModelSpec, atomic_write_bytes, load_model, read_sidecar
+from sscase_monai.paths import bundled_sample_data
 from sscase_monai.probabilities import class_indices, probabilities_from_logits
 
 onnx, _ = optional_import("onnx")
@@ -290,7 +292,7 @@ class ExportCheck:
 
     Attributes:
         images: how many images were compared.
-        source: where they came from (a folder, or generated sample scans).
+        source: where they came from (a folder, or the bundled sample scans).
         max_abs_diff: the largest absolute difference of any probability.
         mean_abs_diff: the mean absolute difference of the probabilities.
         dice: Dice between the two masks at the network's size, pooled over the images (mean over foreground
@@ -320,11 +322,13 @@ class ExportCheck:
         )
 
 
-def sample_inputs(count: int = 4) -> list[np.ndarray]:
-    """Generated trans-cerebellar scans (:func:`sscase_monai.sample_data.generate_sample`), for a check without data."""
-    from sscase_monai.sample_data import generate_sample
+SAMPLE_CHECK_IMAGES = 4
+"""How many of the bundled sample scans (``sample-data/``, first by name) check an export when no images are given."""
 
-    return [generate_sample(seed)[0] for seed in range(count)]
+
+def sample_inputs(count: int = SAMPLE_CHECK_IMAGES) -> list[Path]:
+    """The first ``count`` bundled sample scans (``sample-data/``), for a check without data of one's own."""
+    return find_images(bundled_sample_data())[:count]
 
 
 def check_export(
@@ -343,7 +347,7 @@ def check_export(
         model_path: the saved model that was exported.
         exported: preprocessed images ``(N, C, S, S)`` -> probabilities: :func:`load_exported`'s result, or a
             network module returning probabilities (e.g. a :class:`ProbabilityNetwork`).
-        images: image files or ``(H, W[, C])`` arrays; ``None``: four generated sample scans.
+        images: image files or ``(H, W[, C])`` arrays; ``None``: :func:`sample_inputs`.
         source: how to name ``images`` in the summary.
         batch_size: images per call.
 
@@ -351,7 +355,7 @@ def check_export(
         The comparison (see :meth:`ExportCheck.passed`).
     """
     if images is None:
-        images, source = sample_inputs(), "generated sample scans"
+        images, source = sample_inputs(), "the bundled sample scans"
     if not images:
         raise ValueError("no images to check the export on")
     predictor = Predictor.from_file(model_path, device="cpu")

@@ -25,10 +25,11 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from sscase_monai import io
+from sscase_monai.method import PSEUDO_LABELS, TTA_VIEWS
 from sscase_monai.model_files import ModelSpec, load_model
 from sscase_monai.probabilities import DEFAULT_THRESHOLD, class_indices, probabilities_from_logits
 from sscase_monai.transforms import build_preprocess, resize_probabilities_to
-from sscase_monai.tta import DEFAULT_TTA, tta_predict
+from sscase_monai.tta import tta_predict
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ class Prediction:
     geometry: io.ImageGeometry
     source: str
 
-    def confidence(self, threshold: float = 0.95) -> float:
-        """Fraction of pixels predicted with probability >= ``threshold`` for their class (the method's measure)."""
+    def confidence(self, threshold: float = PSEUDO_LABELS.confidence) -> float:
+        """Fraction of pixels predicted with probability >= ``threshold`` for their class (the method's measure;
+        default: the pseudo-label filter's confidence)."""
         p = self.probabilities
         best = np.maximum(p[0], 1.0 - p[0]) if p.shape[0] == 1 else p.max(axis=0)
         return float((best >= threshold).mean())
@@ -157,7 +159,7 @@ class ProbabilityInferer(Inferer):
         inputs = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp and inputs.is_cuda):
             if self.tta:
-                probabilities = tta_predict(network, inputs, transforms=DEFAULT_TTA)
+                probabilities = tta_predict(network, inputs, transforms=TTA_VIEWS)
             else:
                 probabilities = probabilities_from_logits(network(inputs))
         return probabilities.float()

@@ -1,11 +1,12 @@
 """Choosing which unlabelled images get a pseudo-label (the method's stage-3 selection rule).
 
-Binary rule (after stage 2, on each unlabelled image's predicted probability map):
+The method's numbers are :data:`sscase_monai.method.PSEUDO_LABELS` (the defaults here). Binary rule (after stage 2,
+on each unlabelled image's predicted probability map):
 
 1. the pseudo-label is the prediction binarised at ``threshold`` (foreground where ``p > threshold``);
 2. a pixel is confident when ``p >= confidence`` or ``p <= 1 - confidence``;
-3. keep the image when MORE than ``min_confident_fraction`` of its pixels are confident (strict: exactly 90% is
-   rejected) AND the pseudo-label has AT LEAST ``min_foreground_pixels`` foreground pixels (inclusive: 10 is kept).
+3. keep the image when MORE than ``min_confident_fraction`` of its pixels are confident (strict: a share exactly
+   equal is rejected) AND the pseudo-label has AT LEAST ``min_foreground_pixels`` foreground pixels (inclusive).
 
 Multi-class (softmax, ``K + 1`` channels): the pseudo-label is the argmax, a pixel is confident when its largest
 class probability is ``>= confidence``, and foreground pixels are those whose argmax is not 0.
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sscase_monai.method import PSEUDO_LABELS, PseudoLabelConfig
 from sscase_monai.probabilities import class_indices
 
 logger = logging.getLogger(__name__)
@@ -44,17 +46,6 @@ class PseudoLabelCandidate:
     accepted: bool
 
 
-def _validate(threshold: float, confidence: float, min_confident_fraction: float, min_foreground_pixels: int) -> None:
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
-    if not 0.5 <= confidence <= 1.0:
-        raise ValueError(f"confidence must be in [0.5, 1], got {confidence!r}")
-    if not 0.0 <= min_confident_fraction <= 1.0:
-        raise ValueError(f"min_confident_fraction must be in [0, 1], got {min_confident_fraction!r}")
-    if min_foreground_pixels < 0:
-        raise ValueError(f"min_foreground_pixels must be >= 0, got {min_foreground_pixels!r}")
-
-
 def _mask_and_confident(probability: torch.Tensor, threshold: float, confidence: float) -> tuple[torch.Tensor, int]:
     """Pseudo-label ``(1, H, W)`` and the number of confident pixels for one ``(C, H, W)`` probability map."""
     mask = class_indices(probability, threshold, dim=0, keepdim=True)
@@ -67,10 +58,10 @@ def _mask_and_confident(probability: torch.Tensor, threshold: float, confidence:
 
 def select_confident_pseudo_labels(
     probabilities: torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray],
-    threshold: float = 0.5,
-    confidence: float = 0.95,
-    min_confident_fraction: float = 0.9,
-    min_foreground_pixels: int = 10,
+    threshold: float = PSEUDO_LABELS.threshold,
+    confidence: float = PSEUDO_LABELS.confidence,
+    min_confident_fraction: float = PSEUDO_LABELS.min_confident_fraction,
+    min_foreground_pixels: int = PSEUDO_LABELS.min_foreground_pixels,
 ) -> list[PseudoLabelCandidate]:
     """Apply the method's pseudo-label rule to each image (see the module docstring).
 
@@ -90,7 +81,7 @@ def select_confident_pseudo_labels(
     Raises:
         ValueError: a parameter out of range, or a map that is not ``(C, H, W)``.
     """
-    _validate(threshold, confidence, min_confident_fraction, min_foreground_pixels)
+    PseudoLabelConfig(threshold, confidence, min_confident_fraction, min_foreground_pixels)  # checks the ranges
     if isinstance(probabilities, np.ndarray | torch.Tensor) and probabilities.ndim != 4:
         raise ValueError(f"probabilities must be (N, C, H, W), got shape {tuple(probabilities.shape)}")
     candidates = []
@@ -99,7 +90,7 @@ def select_confident_pseudo_labels(
         if probability.ndim != 3:
             raise ValueError(f"probability map {index} must be (C, H, W), got shape {tuple(probability.shape)}")
         mask, confident = _mask_and_confident(probability.detach(), threshold, confidence)
-        # Python division of exact counts: a fraction of exactly 0.9 equals the literal 0.9 and is rejected.
+        # Python division of exact counts: a share exactly at the limit (e.g. 0.9) equals the literal and is rejected.
         confident_fraction = confident / mask.numel() if mask.numel() else 0.0
         foreground = int((mask != 0).sum())
         accepted = confident_fraction > min_confident_fraction and foreground >= min_foreground_pixels

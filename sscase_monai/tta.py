@@ -1,8 +1,9 @@
 """Test-time augmentation (TTA): predict flipped and rotated copies, undo each transform, average the probabilities.
 
-The method's views are identity, horizontal flip, vertical flip, rotate 90 and rotate 270 (:data:`DEFAULT_TTA`).
-All views of a batch go through the network in one forward pass (or in chunks of ``max_batch_size``). The geometric
-views and their inverses (:func:`apply_view`, :func:`invert_view`) are also the training consistency term's views.
+The method's views are identity, horizontal flip, vertical flip, rotate 90 and rotate 270
+(:data:`sscase_monai.method.TTA_VIEWS`). All views of a batch go through the network in one forward pass (or in
+chunks of ``max_batch_size``). The geometric views and their inverses (:func:`apply_view`, :func:`invert_view`)
+are also the training consistency term's views.
 
 Rotations by 90/270 degrees swap height and width, so they are only applied to square inputs (the method resizes
 every image to 256x256). For a non-square input the rotations are skipped with a logged warning and the remaining
@@ -16,12 +17,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from sscase_monai.method import TTA_VIEWS
 from sscase_monai.probabilities import ACTIVATIONS, probabilities_from_logits
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_TTA: tuple[str, ...] = ("identity", "hflip", "vflip", "rot90", "rot270")
-"""The method's TTA views, in order."""
 
 ROTATIONS: frozenset[str] = frozenset({"rot90", "rot270"})
 """Views that need square inputs."""
@@ -64,7 +63,7 @@ _TRANSFORMS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[t
 }
 
 VIEWS: tuple[str, ...] = tuple(_TRANSFORMS)
-"""Every view name: :data:`DEFAULT_TTA` plus ``rot180`` (both flips)."""
+"""Every view name: :data:`TTA_VIEWS` plus ``rot180`` (both flips)."""
 
 
 def apply_view(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +80,7 @@ def resolve_tta_transforms(transforms: Sequence[str], height: int, width: int) -
     """The views that will be used for an ``height x width`` input: rotations dropped when it is not square.
 
     Args:
-        transforms: view names from :data:`DEFAULT_TTA`.
+        transforms: view names from :data:`TTA_VIEWS`.
         height: input height.
         width: input width.
 
@@ -114,7 +113,7 @@ def _predict_in_chunks(predictor: Predictor, batch: torch.Tensor, max_batch_size
 def tta_views(
     predictor: Predictor,
     images: torch.Tensor,
-    transforms: Sequence[str] = DEFAULT_TTA,
+    transforms: Sequence[str] = TTA_VIEWS,
     activation: str = "auto",
     max_batch_size: int | None = None,
 ) -> torch.Tensor:
@@ -126,7 +125,7 @@ def tta_views(
         predictor: maps a batch ``(N, C_in, H, W)`` to outputs ``(N, C, H, W)`` (logits, or probabilities with
             ``activation="none"``), e.g. a network in eval mode.
         images: input batch ``(B, C_in, H, W)``.
-        transforms: view names (see :data:`DEFAULT_TTA`); rotations are skipped for non-square inputs.
+        transforms: view names (see :data:`TTA_VIEWS`); rotations are skipped for non-square inputs.
         activation: ``"auto"`` (sigmoid for 1 output channel, softmax over channels otherwise), ``"sigmoid"``,
             ``"softmax"`` or ``"none"`` (the predictor already returns probabilities).
         max_batch_size: the most images per forward pass; ``None`` sends all ``V * B`` views in one pass.
@@ -164,7 +163,7 @@ def tta_views(
 def tta_predict(
     predictor: Predictor,
     images: torch.Tensor,
-    transforms: Sequence[str] = DEFAULT_TTA,
+    transforms: Sequence[str] = TTA_VIEWS,
     activation: str = "auto",
     max_batch_size: int | None = None,
 ) -> torch.Tensor:

@@ -16,8 +16,9 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from sscase_monai.method import TTA_VIEWS
 from sscase_monai.probabilities import ACTIVATIONS, probabilities_from_logits
-from sscase_monai.tta import DEFAULT_TTA, Predictor, tta_disagreement, tta_views
+from sscase_monai.tta import Predictor, tta_disagreement, tta_views
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def mc_dropout_entropy(
 def tta_uncertainty(
     predictor: Predictor,
     images: torch.Tensor,
-    transforms: Sequence[str] = DEFAULT_TTA,
+    transforms: Sequence[str] = TTA_VIEWS,
     activation: str = "auto",
     max_batch_size: int | None = None,
 ) -> torch.Tensor:

@@ -13,8 +13,12 @@ import pytest
 import torch
 
 from sscase_monai.active_learning import (
+    SCORED_STRATEGIES,
     STRATEGIES,
+    STRATEGY_REGISTRY,
+    ActiveLearningStrategy,
     coverage_distance,
+    get_strategy,
     k_center_greedy,
     score_images,
     select_batch,
@@ -67,6 +71,21 @@ def test_select_batch_random_is_seeded_and_names_bad_strategies():
         select_batch("entropy", None, pool, [], 5)
     with pytest.raises(ValueError, match="needs the current model"):
         select_batch("epistemic", None, pool, [], 5)
+
+
+def test_the_registry_names_every_strategy_once_and_refuses_unknown_ones():
+    assert STRATEGIES[0] == "random" and not get_strategy("random").needs_model
+    assert [s.name for s in SCORED_STRATEGIES] == ["epistemic", "tta", "diversity"]
+    assert len({s.key for s in SCORED_STRATEGIES}) == len(SCORED_STRATEGIES)  # one image-info key each
+    assert {s.kind for s in STRATEGY_REGISTRY.values()} == {"random", "uncertainty", "coverage"}
+    with pytest.raises(ValueError, match=r"strategy must be one of \('random', 'epistemic', 'tta', 'diversity'\)"):
+        get_strategy("entropy")
+    with pytest.raises(ValueError, match="does not score images one by one"):
+        score_images(None, [], strategy="diversity")  # never a silent fallback to another score
+    with pytest.raises(ValueError, match="a score function is needed"):
+        ActiveLearningStrategy("margin", "Smallest margin", "uncertainty", key="margin")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        ActiveLearningStrategy("margin", "Smallest margin", "entropy", key="margin")
 
 
 def test_arms_schedule_and_summary():
@@ -169,7 +188,7 @@ def test_two_round_simulation_writes_csv_curve_summary_and_resumes(folders, tmp_
     # tta picks the highest TTA disagreement under round 0's model: the app's own scoring function
     predictor = Predictor.from_file(records["tta"][0]["model"], device="cpu")
     unlabelled = [p for p in pool if p not in start]
-    scores = score_images(predictor, unlabelled, method="tta")
+    scores = score_images(predictor, unlabelled, strategy="tta")
     assert records["tta"][0]["selected"] == sorted(scores, key=lambda p: (-scores[p], p))[:2]
 
     summary = (out / "summary.txt").read_text()

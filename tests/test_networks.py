@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lite0_classifier import build_lite0_classifier
 from monai.networks.nets import EfficientNetBN
 from monai.networks.nets.efficientnet import BlockArgs
 from torch import nn
@@ -19,7 +20,6 @@ from sscase_monai.networks import (
     PretrainedWeightsError,
     SqueezeExcitation,
     SSCASEUNet,
-    build_lite0_classifier,
     enable_mc_dropout,
     lite0_weights_path,
 )

@@ -232,3 +232,6 @@ def test_train_from_slicer_refuses_early_starts_at_epoch_0_and_rescores(tmp_path
                 break
             time.sleep(2)
         assert not stale, (stale[:5], server.log_tail())
+        # ... and Next Sample chooses by the new scores (the server re-reads the index the scoring process replaced)
+        highest = max(unlabelled, key=lambda info: info["tta_disagreement"])
+        assert module.client.next_sample("tta", {})["id"] == io.image_stem(highest["name"])

@@ -36,7 +36,7 @@ from sscase_monai.training import (
     plateau_scheduler,
 )
 from sscase_monai.training.checkpoints import cpu_state_dict, rng_states, set_rng_states
-from sscase_monai.training.epoch_loop import EpochLoop
+from sscase_monai.training.epoch_loop import EpochLoop, ValidationResult
 from sscase_monai.training.loaders import build_train_loader, preprocess_items
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -351,7 +351,7 @@ class ScriptedValidation:
 
     def validate(self, model, batches):
         self.snapshots.append(cpu_state_dict(model))
-        return self.losses[len(self.snapshots) - 1], 0.5
+        return ValidationResult(loss=self.losses[len(self.snapshots) - 1], dice=0.5)
 
 
 def test_early_stopping_restores_the_best_epoch_and_halves_the_lr(data, init_model, tmp_path, monkeypatch):

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from sscase_monai.tta import DEFAULT_TTA, resolve_tta_transforms, tta_disagreement, tta_predict, tta_views
+from sscase_monai.method import TTA_VIEWS
+from sscase_monai.tta import resolve_tta_transforms, tta_disagreement, tta_predict, tta_views
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -53,9 +54,9 @@ def test_views_seen_by_the_predictor_are_the_named_transforms() -> None:
 def test_every_aligned_view_of_the_identity_predictor_is_the_input(device: str) -> None:
     images = asymmetric_images(device=device)
     views = tta_views(lambda x: x, images, activation="none")
-    assert views.shape == (2, len(DEFAULT_TTA), 1, 6, 6)
-    for v in range(len(DEFAULT_TTA)):
-        assert torch.equal(views[:, v], images), DEFAULT_TTA[v]
+    assert views.shape == (2, len(TTA_VIEWS), 1, 6, 6)
+    for v in range(len(TTA_VIEWS)):
+        assert torch.equal(views[:, v], images), TTA_VIEWS[v]
 
 
 def test_non_equivariant_predictor_aligns_view_by_view() -> None:
@@ -93,12 +94,12 @@ def test_all_views_in_one_forward_pass_or_in_chunks() -> None:
     predictor = CountingPredictor()
     tta_predict(predictor, images, activation="none")
     assert len(predictor.batches) == 1
-    assert predictor.batches[0].shape[0] == 2 * len(DEFAULT_TTA)
+    assert predictor.batches[0].shape[0] == 2 * len(TTA_VIEWS)
 
     chunked = CountingPredictor()
     views = tta_views(chunked, images, activation="none", max_batch_size=3)
     assert [b.shape[0] for b in chunked.batches] == [3, 3, 3, 1]
-    for v in range(len(DEFAULT_TTA)):
+    for v in range(len(TTA_VIEWS)):
         assert torch.equal(views[:, v], images)
 
 
@@ -108,7 +109,7 @@ def test_non_square_input_skips_rotations_with_a_warning(caplog: pytest.LogCaptu
         views = tta_views(lambda x: x, images, activation="none")
     assert views.shape == (1, 3, 1, 4, 6)
     assert "not square" in caplog.text
-    assert resolve_tta_transforms(DEFAULT_TTA, 4, 6) == ("identity", "hflip", "vflip")
+    assert resolve_tta_transforms(TTA_VIEWS, 4, 6) == ("identity", "hflip", "vflip")
     assert resolve_tta_transforms(("hflip",), 4, 6) == ("hflip",)
     with pytest.raises(ValueError, match="no TTA transform left"):
         resolve_tta_transforms(("rot90",), 4, 6)

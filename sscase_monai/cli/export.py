@@ -36,8 +36,8 @@ The graphs take images after the model's preprocessing (sscase_monai.transforms.
 probabilities back to the image's size before thresholding, as sscase-monai predict does.
 
 After writing, the export is checked against the PyTorch model on the same preprocessed images (--check-images
-DIR, else four generated sample scans): the largest probability difference and the Dice between the two masks
-are printed; the check fails when Dice < 0.999 or a probability differs by more than 0.01.
+DIR, else the first four bundled sample scans in sample-data/): the largest probability difference and the Dice
+between the two masks are printed; the check fails when Dice < 0.999 or a probability differs by more than 0.01.
 
 Exit status: 0 when written and checked; 1 when written but the check failed; 2 for a bad argument or model.
 
@@ -67,7 +67,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--check-images",
         type=Path,
         metavar="DIR",
-        help="check the export on these images (a folder or one file; default: four generated sample scans)",
+        help="check the export on these images (a folder or one file; default: the first four bundled sample scans)",
     )
     parser.add_argument("--max-check-images", type=positive_int, default=16, metavar="N", help="at most N (16)")
     parser.add_argument("--no-check", action="store_true", help="write only, do not compare with PyTorch")

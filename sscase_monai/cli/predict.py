@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sscase_monai.method import PSEUDO_LABELS, TTA_VIEWS
+
 if TYPE_CHECKING:
     from sscase_monai.evaluation import SpacingLookup
     from sscase_monai.inference import Prediction, Predictor
@@ -27,9 +29,6 @@ PREDICTIONS_CSV = "predictions.csv"
 
 PROBABILITIES_DIR = "probabilities"
 """Sub-folder of the output folder for ``--probabilities``."""
-
-CONFIDENCE_THRESHOLD = 0.95
-"""A pixel is confident when its class probability is at least this (the method's pseudo-label rule)."""
 
 EXIT_PARTIAL = 1
 """Exit status when some images could not be segmented (the others were)."""
@@ -52,7 +51,7 @@ per label its pixel count and area in mm^2 (empty when the spacing is unknown), 
 diameter: the largest width of the largest cerebellum component, end points on the outer pixel edges, i.e. its
 maximum Feret diameter; for a label named "cerebellum"), hc_mm (the head circumference: Ramanujan perimeter of the
 ellipse fitted to the head label, the first of --head-label the model has), both empty when the spacing is unknown,
-confidence_fraction (share of pixels whose class probability is >= 0.95), and error (why an image was skipped).
+confidence_fraction (share of pixels whose class probability is >= {confidence}), and error (why an image was skipped).
 
 PNG and JPEG carry no pixel spacing: give one with --pixel-size-csv FILE (columns filename,pixel_size_mm, as HC18's
 pixel_size_and_hc.csv). Without it, a table is looked for as in `sscase-monai evaluate` (pixel_size_and_hc.csv or
@@ -97,7 +96,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tta",
         action="store_true",
-        help="test-time augmentation: average identity, h-flip, v-flip, rot90 and rot270 (5x slower)",
+        help=f"test-time augmentation: average the views {', '.join(TTA_VIEWS)} ({len(TTA_VIEWS)}x slower)",
     )
     parser.add_argument(
         "--device",
@@ -278,7 +277,7 @@ def prediction_row(
         row |= biometry_columns(prediction.mask, spacing, spec.labels, heads)
     else:  # the same columns, empty
         row |= {k: None for k in biometry_columns(np.zeros((1, 1), np.uint8), None, spec.labels, heads)}
-    row["confidence_fraction"] = round(prediction.confidence(CONFIDENCE_THRESHOLD), 6) if prediction else ""
+    row["confidence_fraction"] = round(prediction.confidence(PSEUDO_LABELS.confidence), 6) if prediction else ""
     row["error"] = error
     return row
 
@@ -294,7 +293,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "predict",
         help="segment images with a trained model: one mask per image (in the image's format and geometry) and a "
         "predictions.csv",
-        description=DESCRIPTION,
+        description=DESCRIPTION.format(confidence=PSEUDO_LABELS.confidence),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_arguments(parser)

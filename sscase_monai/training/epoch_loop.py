@@ -51,6 +51,19 @@ class EpochTraining:
         return self.images / max(self.seconds, 1e-9)
 
 
+@dataclass(frozen=True)
+class ValidationResult:
+    """One validation pass over all processes' shards (eval mode, no augmentation).
+
+    Attributes:
+        loss: mean validation loss per image (what early stopping and the LR schedule watch).
+        dice: mean per-image Dice at the network's input size (foreground classes).
+    """
+
+    loss: float
+    dice: float
+
+
 class EpochLoop:
     """Training steps and validation for one network's settings.
 
@@ -198,7 +211,7 @@ class EpochLoop:
         return apply_view(view_a, images), apply_view(view_b, images), view_a, view_b
 
     @torch.no_grad()
-    def validate(self, model: torch.nn.Module, batches: Sequence[Mapping[str, torch.Tensor]]) -> tuple[float, float]:
+    def validate(self, model: torch.nn.Module, batches: Sequence[Mapping[str, torch.Tensor]]) -> ValidationResult:
         """Validation loss and per-image Dice over all processes' shards (eval mode, the unwrapped network)."""
         model = unwrap(model)
         model.eval()
@@ -218,4 +231,4 @@ class EpochLoop:
             totals[2] += count
         totals = all_reduce_sum(totals, self.context)
         images = max(float(totals[2]), 1.0)
-        return float(totals[0]) / images, float(totals[1]) / images
+        return ValidationResult(loss=float(totals[0]) / images, dice=float(totals[1]) / images)

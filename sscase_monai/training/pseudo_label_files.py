@@ -21,9 +21,9 @@ from typing import Any
 
 from sscase_monai import io
 from sscase_monai.inference import Prediction, Predictor, prediction_path
+from sscase_monai.method import PseudoLabelConfig
 from sscase_monai.model_files import atomic_write_bytes
 from sscase_monai.pseudo_label_selection import select_confident_pseudo_labels
-from sscase_monai.training.config import PseudoLabelConfig
 
 logger = logging.getLogger(__name__)
 

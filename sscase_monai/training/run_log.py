@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sscase_monai.method import STAGE_NAMES
 from sscase_monai.training.callbacks import EpochSummary
-from sscase_monai.training.config import STAGE_NAMES
 from sscase_monai.training.results import HISTORY_COLUMNS, write_history_csv
 from sscase_monai.training.stage_loop import EpochRecord
 
@@ -66,7 +66,7 @@ class RunLog:
         """
         stage = record.stage
         offset = sum(n for s, n in epochs.items() if s < stage)
-        val_loss, val_dice = record.validation
+        validation = record.validation
         dice_so_far = [float(r["val_dice"]) for r in self.rows if not math.isnan(float(r["val_dice"]))]
         training = record.training
         return EpochSummary(
@@ -77,10 +77,10 @@ class RunLog:
             global_epoch=offset + record.epoch,
             total_epochs=sum(epochs.values()),
             train_loss=training.loss,
-            val_loss=val_loss,
-            val_dice=val_dice,
+            val_loss=validation.loss,
+            val_dice=validation.dice,
             best_val_loss=record.stopper.best,
-            best_val_dice=max([*dice_so_far, val_dice]),
+            best_val_dice=max([*dice_so_far, validation.dice]),
             improved=record.improved,
             lr=record.lr,
             seconds=time.perf_counter() - record.started,

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from sscase_monai.training.config import StageConfig
+from sscase_monai.method import StageConfig
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Default training schedules by device, and how long a run should take on a CPU.
 
-On a GPU the default is the method's schedule (:data:`sscase_monai.training.config.DEFAULT_STAGES`, 32 augmented
+On a GPU the default is the method's schedule (:data:`sscase_monai.method.DEFAULT_STAGES`, 32 augmented
 samples per image). On a CPU that schedule takes hours: at the ~5.5 training images/s measured at 256x256 on 2
 cores (``bench/RESULTS.md``, "Training throughput"), 100 epochs of 6 images x 32 samples is an hour for the 8
 bundled labels. A CPU run defaults to :data:`CPU_SCHEDULE` instead: a few minutes for the bundled labels, about a
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sscase_monai.training.config import DEFAULT_STAGES, TrainingConfig
+from sscase_monai.method import DEFAULT_STAGES, SAMPLES_PER_IMAGE
+from sscase_monai.training.config import TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Schedule:
 METHOD_SCHEDULE = Schedule(
     epochs=tuple(s.epochs for s in DEFAULT_STAGES),
     lr=tuple(s.lr for s in DEFAULT_STAGES),
-    samples_per_image=TrainingConfig().samples_per_image,
+    samples_per_image=SAMPLES_PER_IMAGE,
 )
 """The method's schedule (20/50/30 epochs, 32 samples per image): the default on a GPU."""
 

@@ -23,7 +23,7 @@ from sscase_monai.data import item_seed
 from sscase_monai.training.checkpoints import cpu_state_dict, seed_everything
 from sscase_monai.training.config import STAGE_NAMES, StageConfig, TrainingConfig
 from sscase_monai.training.distributed import DistributedContext, broadcast_buffers, wrap_for_training
-from sscase_monai.training.epoch_loop import EpochLoop, EpochTraining
+from sscase_monai.training.epoch_loop import EpochLoop, EpochTraining, ValidationResult
 from sscase_monai.training.loaders import CachedItem, build_train_loader
 from sscase_monai.training.schedule import EarlyStopping, plateau_scheduler
 
@@ -56,7 +56,7 @@ class EpochRecord:
     stage: int
     epoch: int
     training: EpochTraining
-    validation: tuple[float, float]
+    validation: ValidationResult
     improved: bool
     lr: float
     started: float
@@ -187,11 +187,11 @@ class StageLoop:
                 return None
             broadcast_buffers(model, self.context)  # validate and save rank 0's batch-norm statistics everywhere
             validation = self.epoch_loop.validate(model, self.val_batches)
-            improved = stopper.step(validation[0], epoch)
+            improved = stopper.step(validation.loss, epoch)
             if improved:
                 best_state = cpu_state_dict(model)
             lr = float(optimizer.param_groups[0]["lr"])
-            scheduler.step(validation[0])
+            scheduler.step(validation.loss)
             epochs_run = epoch
             if self.on_epoch is not None:
                 record = EpochRecord(

@@ -461,7 +461,8 @@ class SemiSupervisedTrainer:
             best_loss = stopper.best
             best_dice = self.log.val_dice_at(stage, stopper.best_epoch)
         else:  # no epoch trained (or none improved): the starting weights are the stage's result
-            best_loss, best_dice = self.epoch_loop.validate(model, self.stage_loop.val_batches)
+            validation = self.epoch_loop.validate(model, self.stage_loop.val_batches)
+            best_loss, best_dice = validation.loss, validation.dice
         result = StageResult(
             stage=stage,
             name=STAGE_NAMES[stage],

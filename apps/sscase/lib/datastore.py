@@ -64,6 +64,7 @@ class SSCASEDatastore(LocalDatastore):
         observer, handler = getattr(self, "_observer", None), getattr(self, "_handler", None)
         if observer is None or handler is None or not observer.is_alive():
             return
+        handler.on_moved = self._on_moved_event
         observer.unschedule_all()
         try:
             observer.schedule(
@@ -74,6 +75,14 @@ class SSCASEDatastore(LocalDatastore):
             )
         except TypeError:  # a watchdog before 4.0 has no event filter: watch everything, as MONAI Label did
             observer.schedule(handler, self._datastore_path, recursive=True)
+
+    def _on_moved_event(self, event: FileMovedEvent) -> None:
+        """Re-read the index another process replaced (written to a temporary file and renamed into place, so the
+        event is a move, which MONAI Label's handler ignores): without this the server kept serving the index it
+        had, e.g. the scores a scoring process wrote after a training never reached Next Sample."""
+        if os.path.realpath(event.dest_path) == os.path.realpath(self._datastore_config_path):
+            with FileLock(self._lock_file):
+                self._reload_index()
 
     def image_path_of(self, image_id: str) -> str:
         """The file of a datastore image, or a 404 naming the id."""

@@ -18,9 +18,10 @@ import lib.infers
 import lib.scoring
 import lib.trainers
 from lib.activelearning import HighestScore
+from sscase_monai.active_learning import SCORED_STRATEGIES, STRATEGY_REGISTRY, ActiveLearningStrategy
 from sscase_monai.biometry import HEAD_LABELS, parse_label_names
+from sscase_monai.method import BATCH_SIZE, PSEUDO_LABELS
 from sscase_monai.model_files import DEFAULT_LABELS, ModelSpec
-from sscase_monai.training import PseudoLabelConfig
 from sscase_monai.training.schedules import default_schedule
 
 logger = logging.getLogger(__name__)
@@ -29,15 +30,15 @@ APP_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__fil
 STARTER_MODEL = os.path.join(APP_DIR, "starter", "sscase_starter.pt")
 """Model trained by the project on the bundled sample data (see ``apps/sscase/starter/README.md``)."""
 
-EPISTEMIC_KEY = "epistemic_entropy"
-TTA_KEY = "tta_disagreement"
-DIVERSITY_KEY = "diversity_distance"
 DEFAULT_STRATEGY = "diversity"
 """Next Sample's strategy when a request names none (and Slicer's first choice): the best in the HC18 active-learning
 simulation (``bench/RESULTS.md``, "Active learning on HC18 (issue #12)"); ``random`` when scoring is off."""
 MEASUREMENTS_SUFFIX = "_measurements"
 """The measurement model of config ``sscase`` is ``sscase_measurements``: Run on it draws the TCD / HC markups."""
-STRATEGY_NAMES: tuple[str, ...] = ("random", "first", "epistemic", "tta", "diversity")
+MODEL_FREE_STRATEGIES: tuple[str, ...] = (*(s.name for s in STRATEGY_REGISTRY.values() if not s.needs_model), "first")
+"""Strategies offered without scoring: the registry's model-free ones and MONAI Label's ``first`` (``main.py`` adds
+``random`` and ``first``)."""
+STRATEGY_NAMES: tuple[str, ...] = (*MODEL_FREE_STRATEGIES, *(s.name for s in SCORED_STRATEGIES))
 
 
 class SSCASE(TaskConfig):
@@ -86,7 +87,7 @@ class SSCASE(TaskConfig):
         self.epistemic_samples = int(conf.get("epistemic_samples", "8"))
         self.scoring = strtobool(conf.get("scoring", "true"))
         self.default_strategy = conf.get("strategy", DEFAULT_STRATEGY if self.scoring else "random")
-        allowed = STRATEGY_NAMES if self.scoring else ("random", "first")
+        allowed = STRATEGY_NAMES if self.scoring else MODEL_FREE_STRATEGIES
         if self.default_strategy not in allowed:
             raise ValueError(f"--conf strategy must be one of {allowed}, got {self.default_strategy!r}")
         self.train_defaults = _train_defaults(conf)
@@ -116,22 +117,17 @@ class SSCASE(TaskConfig):
     def strategy(self) -> dict[str, Strategy]:
         if not self.scoring:
             return {}
-        return {
-            "epistemic": HighestScore(EPISTEMIC_KEY, "Most uncertain under MC dropout (predictive entropy)"),
-            "tta": HighestScore(TTA_KEY, "Most disagreement between test-time augmentation views"),
-            "diversity": HighestScore(DIVERSITY_KEY, "Farthest from every labelled image (encoder features, core-set)"),
-        }
+        return {s.name: HighestScore(s.key, s.description) for s in SCORED_STRATEGIES}
 
     def scoring_method(self) -> dict[str, ScoringMethod]:
         if not self.scoring:
             return {}
-        return {
-            "epistemic": lib.scoring.UncertaintyScoring(
-                path=self.path, method="mc_dropout", key=EPISTEMIC_KEY, num_samples=self.epistemic_samples
-            ),
-            "tta": lib.scoring.UncertaintyScoring(path=self.path, method="tta", key=TTA_KEY),
-            "diversity": lib.scoring.DiversityScoring(path=self.path, key=DIVERSITY_KEY),
-        }
+        return {s.name: self._scoring(s) for s in SCORED_STRATEGIES}
+
+    def _scoring(self, strategy: ActiveLearningStrategy) -> ScoringMethod:
+        if strategy.kind == "coverage":
+            return lib.scoring.DiversityScoring(path=self.path, strategy=strategy)
+        return lib.scoring.UncertaintyScoring(path=self.path, strategy=strategy, num_samples=self.epistemic_samples)
 
 
 def _parse_labels(value: str | None) -> dict[str, int]:
@@ -152,12 +148,12 @@ def _train_defaults(conf: dict[str, str]) -> dict[str, Any]:
     a CPU)."""
     device = conf.get("train_device", "auto")
     schedule = default_schedule(device)
-    pseudo = PseudoLabelConfig()
+    pseudo = PSEUDO_LABELS
     defaults: dict[str, Any] = {
         "stages": conf.get("train_stages", "1,2,3"),
         "epochs": conf.get("train_epochs", ",".join(str(e) for e in schedule.epochs)),
         "learning_rates": conf.get("train_lr", ",".join(f"{lr:g}" for lr in schedule.lr)),
-        "batch_size": int(conf.get("train_batch_size", "8")),
+        "batch_size": int(conf.get("train_batch_size", str(BATCH_SIZE))),
         "samples_per_image": int(conf.get("train_samples_per_image", str(schedule.samples_per_image))),
         "val_split": float(conf.get("train_val_split", "0.2")),
         "num_workers": int(conf.get("train_workers", "0")),

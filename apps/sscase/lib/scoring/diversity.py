@@ -11,7 +11,7 @@ import numpy as np
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
-from sscase_monai.active_learning import coverage_distance, encoder_features, model_version
+from sscase_monai.active_learning import ActiveLearningStrategy, coverage_distance, encoder_features, model_version
 from sscase_monai.inference import Predictor
 from sscase_monai.model_files import last_existing_path
 
@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 
 class DiversityScoring(ScoringMethod):
-    """Write ``key`` = cosine distance to the nearest labelled image (encoder features) into each unlabelled image.
+    """Write the cosine distance to the nearest labelled image (encoder features) into each unlabelled image's info.
 
     The ``diversity`` strategy then serves the farthest image: k-center greedy (core-set) one label at a time, as
     :func:`sscase_monai.active_learning.k_center_greedy` does for a batch. Scores are redone when the model file or
@@ -27,13 +27,14 @@ class DiversityScoring(ScoringMethod):
 
     Args:
         path: candidate model files, lowest priority first (the last existing one is used).
-        key: image-info key to write the distance under.
+        strategy: the registry entry (``sscase_monai.active_learning.STRATEGY_REGISTRY``, a ``"coverage"`` one)
+            whose key the distance is written under.
     """
 
-    def __init__(self, path: Sequence[str | None], key: str) -> None:
+    def __init__(self, path: Sequence[str | None], strategy: ActiveLearningStrategy) -> None:
         super().__init__("Distance of unlabelled images to the labelled ones (encoder features, current model)")
         self.path = [p for p in path if p]
-        self.key = key
+        self.key = strategy.key
         self._features: dict[str, np.ndarray] = {}
         self._features_version = ""
 

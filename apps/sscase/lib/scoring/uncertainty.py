@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
-from sscase_monai.active_learning import model_version, score_images
+from sscase_monai.active_learning import ActiveLearningStrategy, model_version, score_images
 from sscase_monai.inference import Predictor
 from sscase_monai.model_files import last_existing_path
 
@@ -17,23 +17,22 @@ logger = logging.getLogger(__name__)
 
 
 class UncertaintyScoring(ScoringMethod):
-    """Score unlabelled images with ``method`` (``mc_dropout`` or ``tta``) and write ``key`` into their image info.
+    """Score unlabelled images with an ``"uncertainty"`` strategy's score and write it under its key.
 
     Runs in MONAI Label's background scoring task: on start, after training, and after each next-sample. Images
     already scored by the same model file are skipped.
 
     Args:
         path: candidate model files, lowest priority first (the last existing one is used).
-        method: ``"mc_dropout"`` or ``"tta"``.
-        key: image-info key to write the score under.
+        strategy: the registry entry (``sscase_monai.active_learning.STRATEGY_REGISTRY``) whose score to compute.
         num_samples: MC-dropout passes per image.
     """
 
-    def __init__(self, path: Sequence[str | None], method: str, key: str, num_samples: int = 8) -> None:
-        super().__init__(f"Uncertainty of unlabelled images ({method}) under the current model")
+    def __init__(self, path: Sequence[str | None], strategy: ActiveLearningStrategy, num_samples: int = 8) -> None:
+        super().__init__(f"Uncertainty of unlabelled images ({strategy.name}) under the current model")
         self.path = [p for p in path if p]
-        self.method = method
-        self.key = key
+        self.strategy = strategy.name
+        self.key = strategy.key
         self.num_samples = num_samples
 
     def __call__(self, request: dict, datastore: Datastore) -> dict:
@@ -51,7 +50,7 @@ class UncertaintyScoring(ScoringMethod):
             return {"scored": 0, "reason": "every unlabelled image is scored by the current model"}
         start = time.time()
         predictor = Predictor.from_file(model, device=request.get("device", "auto"))
-        scores = score_images(predictor, pending.values(), method=self.method, num_samples=self.num_samples)
+        scores = score_images(predictor, pending.values(), strategy=self.strategy, num_samples=self.num_samples)
         by_path = {path: image_id for image_id, path in pending.items()}
         for path, score in scores.items():
             datastore.update_image_info(by_path[path], {self.key: score, f"{self.key}_model": version})
