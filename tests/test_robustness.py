@@ -525,14 +525,24 @@ def test_every_result_reaches_a_client_on_this_machine_using_the_default_temp_fo
 
 
 @pytest.mark.parametrize(
-    ("method", "path"),
-    [("POST", "/infer/nope?image=case_004"), ("POST", "/train/nope"), ("POST", "/batch/infer/nope")],
+    ("method", "path", "available"),
+    [
+        ("POST", "/infer/nope?image=case_004", "['sscase', 'sscase_measurements']"),
+        ("POST", "/train/nope", "['sscase']"),
+        ("POST", "/batch/infer/nope", "['sscase']"),
+    ],
     ids=["infer", "train", "batch-infer"],
 )
-def test_an_unknown_model_is_a_404(server, method, path):
+def test_an_unknown_model_is_a_404(server, method, path, available):
     response = send(method, server, path, json={})
-    assert_refused(response, 404, "unknown model 'nope'; available: ['sscase']", server)
+    assert_refused(response, 404, f"unknown model 'nope'; available: {available}", server)
     assert requests.get(f"{server.url}/train/", timeout=TIMEOUT).status_code == 404  # no task was started
+
+
+def test_batch_infer_with_the_measurement_model_is_a_400(server):
+    response = send("POST", server, "/batch/infer/sscase_measurements", json={})
+    assert_refused(response, 400, "'sscase_measurements' returns markups, not masks: batch infer one of", server)
+    assert requests.get(f"{server.url}/batch/infer/", timeout=TIMEOUT).status_code == 404  # no task was started
 
 
 def test_infer_with_neither_an_image_nor_a_file_is_a_400(server):

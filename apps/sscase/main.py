@@ -29,7 +29,7 @@ import lib.configs
 import sscase_monai
 from lib import serving
 from lib.datastore import SSCASEDatastore
-from lib.infers.sscase import measurement_spacing
+from lib.infers.sscase import SSCASEInfer, SSCASEMeasurementsInfer, measurement_spacing
 from lib.trainers.sscase import SSCASETrain, TrainingPlan
 from sscase_monai import biometry, io
 from sscase_monai.cli.serve import DATASTORE_FILE_EXTENSIONS
@@ -201,6 +201,11 @@ class SSCASEApp(MONAILabelApp):
         # gets its 404 here, instead of a task that is accepted and then fails in the background
         if model is not None and model not in self._trainers and model not in self._infers:
             self._require(self._trainers, model, "model")
+        if model not in self._trainers and isinstance(self._infers.get(model), SSCASEMeasurementsInfer):
+            segmentation = [name for name, task in self._infers.items() if type(task) is SSCASEInfer]
+            raise HTTPException(
+                400, f"{model!r} returns markups, not masks: batch infer one of {segmentation}, which saves labels"
+            )
         return super().bundle_path(model)
 
     def plan_training(self, model: str, params: dict) -> TrainingPlan | None:
