@@ -27,8 +27,17 @@ from sscase_monai.training.schedules import default_schedule
 logger = logging.getLogger(__name__)
 
 APP_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
-STARTER_MODEL = os.path.join(APP_DIR, "starter", "sscase_starter.pt")
-"""Model trained by the project on the bundled sample data (see ``apps/sscase/starter/README.md``)."""
+STARTER_MODELS: dict[str, str] = {
+    '{"cerebellum": 1}': os.path.join(APP_DIR, "starter", "sscase_starter.pt"),
+    '{"head": 1}': os.path.join(APP_DIR, "starter", "hc18_head.pt"),
+}
+"""Bundled models by the labels they serve (``--conf labels`` as JSON): the cerebellum starter trained on the
+synthetic sample data, and the fetal-head model trained on HC18 (``apps/sscase/starter/README.md``)."""
+
+
+def starter_model(labels: dict[str, int]) -> str | None:
+    """The bundled model for exactly these labels, or ``None``."""
+    return STARTER_MODELS.get(json.dumps(labels))
 
 DEFAULT_STRATEGY = "diversity"
 """Next Sample's strategy when a request names none (and Slicer's first choice): the best in the HC18 active-learning
@@ -54,7 +63,8 @@ class SSCASE(TaskConfig):
         head_label: label name(s), comma-separated, whose head circumference a Run reports, first match wins;
             ``none``: no HC [head,fetal_head].
         markups: a Run returns and writes a Slicer markups file of its TCD / HC (a request may override) [true].
-        starter_model: use the bundled starter model until a model is trained [true].
+        starter_model: until a model is trained, use the bundled model for the labels (``{"cerebellum": 1}``: the
+            sample-data starter; ``{"head": 1}``: the HC18 fetal-head model) [true].
         epistemic_samples: MC-dropout passes per image for epistemic scoring [8].
         scoring: run the scoring methods (``epistemic``, ``tta``, ``diversity``) [true].
         strategy: Next Sample's strategy when a request names none, listed first for Slicer [diversity; random
@@ -81,9 +91,9 @@ class SSCASE(TaskConfig):
         self.head_labels = parse_label_names(conf.get("head_label", ",".join(HEAD_LABELS)))
         self.markups = strtobool(conf.get("markups", "true"))
         self.published_path = os.path.join(model_dir, f"{name}.pt")
-        use_starter = strtobool(conf.get("starter_model", "true")) and self.labels == DEFAULT_LABELS
+        starter = starter_model(self.labels) if strtobool(conf.get("starter_model", "true")) else None
         # BasicInferTask convention: the last existing path wins, so a trained model replaces the starter
-        self.path = [STARTER_MODEL if use_starter else None, self.published_path]
+        self.path = [starter, self.published_path]
         self.epistemic_samples = int(conf.get("epistemic_samples", "8"))
         self.scoring = strtobool(conf.get("scoring", "true"))
         self.default_strategy = conf.get("strategy", DEFAULT_STRATEGY if self.scoring else "random")
