@@ -31,8 +31,9 @@ class SlicerVolume:
     ijk_to_ras: np.ndarray
 
 
-def load_volume(path: str | Path, labelmap: bool = False) -> SlicerVolume:
-    """Read ``path`` with Slicer's volume archetype storage node into a scalar or labelmap volume node."""
+def read_volume_node(path: str | Path, labelmap: bool = False):
+    """Read ``path`` with Slicer's volume archetype storage node into a scalar or labelmap volume node in a new
+    scene; returns the node (its scene stays alive with it)."""
     scene = slicer.vtkMRMLScene()
     node = slicer.vtkMRMLLabelMapVolumeNode() if labelmap else slicer.vtkMRMLScalarVolumeNode()
     scene.AddNode(node)
@@ -44,6 +45,13 @@ def load_volume(path: str | Path, labelmap: bool = False) -> SlicerVolume:
         storage.SetUseOrientationFromFile(True)
     if not storage.ReadData(node):
         raise OSError(f"Slicer could not read {path}")
+    node._scene = scene  # the node's scene must outlive this function
+    return node
+
+
+def load_volume(path: str | Path, labelmap: bool = False) -> SlicerVolume:
+    """Read ``path`` as Slicer does (:func:`read_volume_node`): the voxels and the IJK-to-RAS matrix."""
+    node = read_volume_node(path, labelmap)
     matrix = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
     image = node.GetImageData()

@@ -19,7 +19,7 @@ from typing import Any
 import SimpleITK as sitk
 import slicer
 from monailabel.client import MONAILabelClient
-from slicer_io import load_markups, load_volume
+from slicer_io import load_markups, load_volume, read_volume_node
 
 
 def save_volume_as_slicer(image: str | Path, out: str | Path, labelmap: bool = False) -> Path:
@@ -33,17 +33,9 @@ def save_volume_as_slicer(image: str | Path, out: str | Path, labelmap: bool = F
         converted = out.with_name(out.name.split(".")[0] + "_read.nrrd")
         sitk.WriteImage(sitk.ReadImage(str(image)), str(converted))
         image = converted
-    scene = slicer.vtkMRMLScene()
-    node = slicer.vtkMRMLLabelMapVolumeNode() if labelmap else slicer.vtkMRMLScalarVolumeNode()
-    scene.AddNode(node)
-    reader = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    scene.AddNode(reader)
-    reader.SetFileName(str(image))
-    reader.SetSingleFile(True)
-    if not reader.ReadData(node):
-        raise OSError(f"Slicer could not read {image}")
+    node = read_volume_node(image, labelmap)
     writer = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    scene.AddNode(writer)
+    node.GetScene().AddNode(writer)
     writer.SetFileName(str(out))
     writer.SetUseCompression(True)
     if not writer.WriteData(node):

@@ -14,7 +14,7 @@ import requests
 import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
-from server import ServerProcess, copy_studies, slicer_client
+from server import QUIET, ServerProcess, copy_studies, sample_data_server, slicer_client
 from slicer_io import load_markups, load_reference_volume, load_volume
 
 from sscase_monai import biometry, io
@@ -24,14 +24,11 @@ pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO_ROOT / "sample-data"
 SLICER_PARAMS = {"result_extension": ".nrrd", "result_dtype": "uint8"}  # what Slicer's module asks for
-QUIET = {"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}  # scoring only when a test asks for it
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("app")
-    studies = copy_studies(SAMPLE_DATA, root / "studies")
-    with ServerProcess(studies, root / "server", env=QUIET) as running:
+    with sample_data_server(tmp_path_factory.mktemp("app")) as running:
         yield running
 
 

@@ -16,7 +16,7 @@ import pytest
 import requests
 import SimpleITK as sitk
 from monailabel.client.client import MONAILabelClientException
-from server import ServerProcess, copy_studies
+from server import ServerProcess, copy_studies, sample_data_server
 from slicer_io import load_reference_volume
 from slicer_module import SlicerModule
 
@@ -27,14 +27,11 @@ pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO_ROOT / "sample-data"
-QUIET = {"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("slicer")
-    studies = copy_studies(SAMPLE_DATA, root / "studies")
-    with ServerProcess(studies, root / "server", env=QUIET) as running:
+    with sample_data_server(tmp_path_factory.mktemp("slicer")) as running:
         yield running
 
 
