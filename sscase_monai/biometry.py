@@ -377,8 +377,8 @@ def _signed_distances(model: measure.EllipseModel, points: np.ndarray) -> np.nda
     d = np.asarray(points, np.float64) - np.asarray(model.center, np.float64)
     u, v = d[:, 0] * c + d[:, 1] * s, -d[:, 0] * s + d[:, 1] * c
     r = np.hypot(u, v)
-    safe = np.maximum(r, 1e-12)
-    cos_t, sin_t = u / safe, v / safe
+    safe = np.where(r > 0, r, 1.0)
+    cos_t, sin_t = np.where(r > 0, u / safe, 1.0), v / safe  # the centre itself: along the first axis
     r_curve = 1.0 / np.sqrt((cos_t / a) ** 2 + (sin_t / b) ** 2)
     nu, nv = r_curve * cos_t / a**2, r_curve * sin_t / b**2  # the normal at the curve's point on that ray
     cosine = (nu * cos_t + nv * sin_t) / np.hypot(nu, nv)

@@ -5,7 +5,8 @@ markups in): one document with a list of markups, each with a ``type`` (``Line``
 ``coordinateSystem`` and its ``controlPoints``. Points are written in ``LPS``, as Slicer writes its own files (and as
 ITK and the image files count); Slicer converts them to RAS on loading. Drag the file onto Slicer's window (or
 ``File > Add Data``, or ``slicer.util.loadMarkups(path)`` in its Python console): a ``TCD`` line whose length Slicer
-shows and an ``HC`` closed curve, both on the image they were measured on.
+shows and an ``HC`` closed curve, both on the image they were measured on, each named with its value, unit and
+reliability (``TCD 31.4 mm``, ``HC 172.3 mm (unreliable)``).
 """
 
 from __future__ import annotations
@@ -100,12 +101,30 @@ def markups_document(markups: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"@schema": MARKUPS_SCHEMA, "markups": [dict(m) for m in markups]}
 
 
+UNRELIABLE_SUFFIX = " (unreliable)"
+"""Added to a markup's name when its measurement is flagged unreliable (``reliable: false``)."""
+
+
+def measurement_name(what: str, value: float, unit: str, reliable: bool = True) -> str:
+    """A markup's node name: the measurement, its value and unit, and the flag, e.g. ``HC 172.3 mm (unreliable)``."""
+    return f"{what} {value:.1f} {unit}" + ("" if reliable else UNRELIABLE_SUFFIX)
+
+
+def _description(what: str, value: float, unit: str, suffix: str, measured: Mapping[str, Any]) -> str:
+    text = f"{what} {value:.2f} {unit}{suffix}"
+    if measured.get("reliable") is False:
+        text += "; unreliable: " + "; ".join(measured.get("reasons") or ())
+    return text
+
+
 def biometry_markups(biometry: Mapping[str, Any]) -> dict[str, Any] | None:
     """The markups document of a :func:`sscase_monai.biometry.measure_biometry` result, or ``None`` if it has
     nothing to draw.
 
-    A ``TCD`` line between the TCD's two end points and an ``HC`` closed curve along the fitted ellipse; a length in
-    pixels (an image without spacing) is said so in the description, since Slicer shows the unit pixels as mm.
+    A ``TCD`` line between the TCD's two end points and an ``HC`` closed curve along the fitted ellipse. Each node's
+    name carries its value and unit and, when the measurement is flagged, ``(unreliable)`` (:func:`measurement_name`:
+    what Slicer shows in its lists and views); the description adds the reasons. A length in pixels (an image without
+    spacing) has the unit ``px`` and is said so in the description, since Slicer shows the unit pixels as mm.
     """
     unit = biometry.get("unit", "mm")
     suffix = "" if unit == "mm" else " (no pixel spacing: Slicer's mm are pixels here)"
@@ -116,11 +135,11 @@ def biometry_markups(biometry: Mapping[str, Any]) -> dict[str, Any] | None:
         markups.append(
             markup(
                 "Line",
-                "TCD",
+                measurement_name("TCD", length, unit, tcd.get("reliable", True)),
                 tcd["endpoints_ras"],
                 labels=["TCD-1", "TCD-2"],
                 color=TCD_COLOR,
-                description=f"transverse cerebellar diameter {length:.2f} {unit}{suffix}",
+                description=_description("transverse cerebellar diameter", length, unit, suffix, tcd),
             )
         )
     hc = biometry.get("hc")
@@ -129,10 +148,11 @@ def biometry_markups(biometry: Mapping[str, Any]) -> dict[str, Any] | None:
         markups.append(
             markup(
                 "ClosedCurve",
-                "HC",
+                measurement_name("HC", circumference, unit, hc.get("reliable", True)),
                 hc["curve_ras"],
+                labels=[f"HC-{i}" for i in range(1, len(hc["curve_ras"]) + 1)],
                 color=HC_COLOR,
-                description=f"head circumference (ellipse fit) {circumference:.2f} {unit}{suffix}",
+                description=_description("head circumference (ellipse fit)", circumference, unit, suffix, hc),
             )
         )
     return markups_document(markups) if markups else None
