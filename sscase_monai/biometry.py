@@ -365,8 +365,28 @@ class _EllipseModel(measure.EllipseModel):
     """scikit-image's ellipse (Halir-Flusser least squares) with a vectorised distance for :func:`measure.ransac`
     (scikit-image's own ``residuals`` solves one optimisation per point)."""
 
+    @classmethod
+    def from_estimate(cls, data: np.ndarray) -> _EllipseModel | _FailedFit:
+        """The least-squares ellipse, or a falsy :class:`_FailedFit` where scikit-image fails (e.g. it raises a
+        ``TypeError`` on points with no real ellipse through them, such as a square's corners)."""
+        try:
+            with np.errstate(all="ignore"):
+                return super().from_estimate(data)
+        except (TypeError, ValueError, ZeroDivisionError, np.linalg.LinAlgError) as error:
+            return _FailedFit(f"{type(error).__name__}: {error}")
+
     def residuals(self, data: np.ndarray) -> np.ndarray:
         return np.abs(_signed_distances(self, data))
+
+
+@dataclass(frozen=True)
+class _FailedFit:
+    """A failed ellipse estimation: falsy, as :func:`skimage.measure.ransac` expects."""
+
+    reason: str
+
+    def __bool__(self) -> bool:
+        return False
 
 
 def _signed_distances(model: measure.EllipseModel, points: np.ndarray) -> np.ndarray:

@@ -132,7 +132,8 @@ def test_run_returns_tcd_in_mm_and_markups_slicer_loads_at_the_expected_ras(serv
     assert params["markups_file"].startswith("results/markups/tmp") and written.name.endswith(".mrk.json")
     assert json.loads(written.read_text()) == params["markups"]
     (line,) = load_markups(document)
-    assert line.class_name == "vtkMRMLMarkupsLineNode" and line.name == "TCD"
+    assert line.class_name == "vtkMRMLMarkupsLineNode"
+    assert line.name == f"TCD {tcd['length_mm']:.1f} mm" + ("" if tcd["reliable"] else " (unreliable)")
     np.testing.assert_allclose(line.points_ras, expected, atol=1e-3)
     assert line.length == pytest.approx(feret.length, abs=1e-3)  # Slicer measures the same length
 
