@@ -81,6 +81,7 @@ EDGE_CUT = 0.2
 SWEEP: dict[str, tuple[float, ...]] = {
     "outside_share": (0.0, 0.02, 0.05, 0.1),
     "boundary_residual_pct": (1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
+    "inlier_residual_pct": (0.5, 0.75, 1.0, 1.5, 2.0),
     "outlier_share": (0.05, 0.1, 0.15, 0.2, 0.3),
     "mismatch_pct": (2.0, 3.0, 5.0, 8.0),
     "other_parts_share": (0.01, 0.05, 0.1, 0.2),
@@ -265,6 +266,9 @@ def run(data: Path, split: str, model: Path | None, tta: bool) -> dict[str, Any]
                 },
                 "reliable": None if r[chosen] is None else r[chosen].reliable,
                 "reasons": None if r[chosen] is None else list(r[chosen].reasons),
+                "checks": None
+                if r[chosen] is None
+                else {k: v for k, v in asdict(r[chosen]).items() if k not in ("fit", "reasons", "reliable")},
             }
             for r in rows
         ]

@@ -86,6 +86,7 @@ class ReliabilityLimits:
 
     Attributes:
         boundary_residual_pct: RMS distance of the head's boundary to its ellipse, % of the mean semi-axis.
+        inlier_residual_pct: the same over the boundary points the robust fit kept.
         outlier_share: share of the head's boundary the robust fit left out (a leak or a bite).
         mismatch_pct: pixels in the mask or in the ellipse (inside the image) but not both, % of the ellipse's.
         outside_share: share of the ellipse's perimeter outside the image (the head cut by the image edge).
@@ -93,6 +94,7 @@ class ReliabilityLimits:
     """
 
     boundary_residual_pct: float = 2.5
+    inlier_residual_pct: float = math.inf
     outlier_share: float = 0.15
     mismatch_pct: float = 5.0
     outside_share: float = 0.0
@@ -601,6 +603,7 @@ class HeadMeasurement:
         fit: the ellipse (:func:`fit_head_ellipse`); ``fit.circumference`` is the HC.
         method: the estimator (one of :data:`HC_METHODS`).
         boundary_residual_pct: RMS distance of every boundary point to the ellipse, % of the mean semi-axis.
+        inlier_residual_pct: the same over the points the fit kept (how elliptic the head's boundary is).
         outlier_share: share of the boundary points the fit left out (0 for ``moments`` and ``contour``).
         mismatch_pct: pixels in the cleaned mask or in the ellipse (inside the image) but not both, % of the
             ellipse's pixels inside the image.
@@ -614,6 +617,7 @@ class HeadMeasurement:
     fit: EllipseFit
     method: str
     boundary_residual_pct: float
+    inlier_residual_pct: float
     outlier_share: float
     mismatch_pct: float
     outside_share: float
@@ -683,6 +687,11 @@ def assess_head(measurement: HeadMeasurement, limits: ReliabilityLimits = RELIAB
         reasons.append(
             f"boundary departs from the ellipse by {_pct(m.boundary_residual_pct)} "
             f"(limit {_pct(limits.boundary_residual_pct)})"
+        )
+    if m.inlier_residual_pct > limits.inlier_residual_pct:
+        reasons.append(
+            f"the head's boundary is not an ellipse: it departs from it by {_pct(m.inlier_residual_pct)} where the "
+            f"fit used it (limit {_pct(limits.inlier_residual_pct)})"
         )
     if m.outlier_share > limits.outlier_share:
         reasons.append(
@@ -754,6 +763,9 @@ def measure_head(
         fit=fit,
         method=method,
         boundary_residual_pct=float(100 * np.sqrt(np.mean(distances**2)) / max(mean_semi_axis, 1e-12)),
+        inlier_residual_pct=float(100 * np.sqrt(np.mean(distances[inliers] ** 2)) / max(mean_semi_axis, 1e-12))
+        if inliers.any()
+        else 0.0,
         outlier_share=float(1 - inliers.mean()) if len(inliers) else 0.0,
         mismatch_pct=float(100 * (region ^ ellipse).sum() / max(int(ellipse.sum()), 1)),
         outside_share=float(outside.any(axis=1).mean()),
@@ -1000,6 +1012,7 @@ def measure_biometry(
                 "reasons": list(hc.reasons),
                 "checks": {
                     "boundary_residual_pct": round(hc.boundary_residual_pct, 3),
+                    "inlier_residual_pct": round(hc.inlier_residual_pct, 3),
                     "outlier_share": round(hc.outlier_share, 4),
                     "mismatch_pct": round(hc.mismatch_pct, 3),
                     "outside_share": round(hc.outside_share, 4),
