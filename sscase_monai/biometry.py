@@ -10,14 +10,22 @@ points lie on the outer edges of pixels (a run of ``n`` pixels measures ``n`` sp
 outer edges would). :func:`max_feret_diameter` also returns the two end points, to draw the caliper line.
 
 **HC.** For the HC18 data set, the head circumference is the perimeter of an ellipse fitted to the head mask
-(:func:`ellipse_circumference_mm`): the ellipse with the same second moments as the mask (scikit-image's
-``regionprops``, with the pixel spacing, so anisotropic pixels are handled), its perimeter by Ramanujan's
-approximation. :class:`EllipseFit` gives its centre, semi-axes and angle and points along it.
+(:func:`measure_head`). The mask is cleaned (largest component, holes filled, :func:`clean_mask`), its outer boundary
+traced as the half-height contour (:func:`boundary_points`; points along the image's border are left out, so a head
+cut by the edge is extrapolated), and an ellipse fitted to it that a leak or a missing bite cannot drag: RANSAC on the
+boundary, then least squares on the points within :func:`robust_tolerance` of it (:func:`fit_head_ellipse`,
+``"robust"``), in mm (anisotropic pixels scaled before fitting); its perimeter by Ramanujan's approximation.
+:class:`EllipseFit` gives its centre, semi-axes, angle and points along it. ``bench/hc18_biometry.py`` compares it
+with the second-moment ellipse and a plain least-squares fit on HC18 val (``bench/RESULTS.md``).
 
-:func:`measure_biometry` puts it together for one predicted mask on its image's grid: per label the area, TCD for the
-cerebellum with its end points and HC for a head, every point in 3D Slicer's RAS coordinates
-(:meth:`sscase_monai.io.ImageGeometry.index_to_ras`), as a JSON-ready dict; :mod:`sscase_monai.markups` turns it into
-a Slicer markups file.
+**Reliability.** Every HC and TCD says whether it can be trusted (``reliable``, ``reasons``): a head cut by the image
+edge, a boundary far from its ellipse, much of it left out by the fit, a mask that differs from its ellipse, a label
+in several pieces; a cerebellum cut in two or touching the edge. The limits are :data:`RELIABILITY_LIMITS`.
+
+:func:`measure_mask` is the one path from a mask to measurements (areas, TCD, HC, flags): the app's
+:func:`measure_biometry` (a JSON-ready dict with every point in 3D Slicer's RAS coordinates,
+:meth:`sscase_monai.io.ImageGeometry.index_to_ras`; :mod:`sscase_monai.markups` turns it into a Slicer markups file)
+and the CSV columns of ``predict`` and ``evaluate`` (:func:`biometry_columns`) are made from it.
 
 Spacing is ``(row_mm, col_mm)``, the order of :attr:`sscase_monai.io.ImageGeometry.pixel_spacing_hw`; one number
 means isotropic pixels. With a spacing of 1 every length is in pixels.
@@ -120,7 +128,7 @@ class FeretDiameter:
 
 @dataclass(frozen=True)
 class EllipseFit:
-    """The ellipse with a region's second moments.
+    """An ellipse fitted to a region (:func:`fit_head_ellipse`).
 
     Attributes:
         semi_major: semi-axis lengths in the spacing's unit.
