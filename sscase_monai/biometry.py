@@ -79,6 +79,9 @@ ROBUST_TOLERANCE_RELATIVE = 0.02
 """A boundary point counts for the robust fit within max(2 pixels, 2 % of the mean semi-axis) of the ellipse: above
 the contour's pixel noise, below a leak or a bite (``bench/hc18_biometry.py``'s corrupted masks)."""
 
+UNCERTAINTY_LEVELS: tuple[float, float] = (0.25, 0.75)
+"""The probability contours whose HCs bound the HC's uncertainty (:attr:`HeadMeasurement.uncertainty_pct`)."""
+
 RANSAC_POINTS = 240
 RANSAC_TRIALS = 200
 ROBUST_REFITS = 10
@@ -96,6 +99,8 @@ class ReliabilityLimits:
         boundary_residual_pct: RMS distance of the head's boundary to its ellipse, % of the mean semi-axis.
         inlier_residual_pct: the same over the boundary points the robust fit kept.
         outlier_share: share of the head's boundary the robust fit left out (a leak or a bite).
+        uncertainty_pct: how much the HC changes between the model's 25 % and 75 % probability contours, % of the
+            HC (only with probabilities).
         mismatch_pct: pixels in the mask or in the ellipse (inside the image) but not both, % of the ellipse's.
         outside_share: share of the ellipse's perimeter outside the image (the head cut by the image edge).
         other_parts_share: pixels of a label's other components, as a share of its largest component's.
@@ -104,6 +109,7 @@ class ReliabilityLimits:
     boundary_residual_pct: float = 2.5
     inlier_residual_pct: float = math.inf
     outlier_share: float = 0.15
+    uncertainty_pct: float = math.inf
     mismatch_pct: float = 5.0
     outside_share: float = 0.0
     other_parts_share: float = 0.1
@@ -615,6 +621,8 @@ class HeadMeasurement:
         outlier_share: share of the boundary points the fit left out (0 for ``moments`` and ``contour``).
         mismatch_pct: pixels in the cleaned mask or in the ellipse (inside the image) but not both, % of the
             ellipse's pixels inside the image.
+        uncertainty_pct: HC at the model's 25 % probability contour minus HC at its 75 % one, % of the HC
+            (:data:`UNCERTAINTY_LEVELS`; ``None`` without probabilities).
         outside_share: share of the ellipse's perimeter outside the image.
         other_parts_share: pixels of the head label outside its largest component, as a share of the largest's.
         components: number of 8-connected components of the head label.
@@ -631,6 +639,7 @@ class HeadMeasurement:
     outside_share: float
     other_parts_share: float
     components: int
+    uncertainty_pct: float | None = None
     reliable: bool = True
     reasons: tuple[str, ...] = ()
 
@@ -706,6 +715,12 @@ def assess_head(measurement: HeadMeasurement, limits: ReliabilityLimits = RELIAB
             f"the ellipse fit left out {_pct(100 * m.outlier_share)} of the boundary as a leak or a bite "
             f"(limit {_pct(100 * limits.outlier_share)})"
         )
+    if m.uncertainty_pct is not None and m.uncertainty_pct > limits.uncertainty_pct:
+        low, high = (round(100 * level) for level in UNCERTAINTY_LEVELS)
+        reasons.append(
+            f"the head's outline is uncertain: the HC changes by {_pct(m.uncertainty_pct)} between the model's "
+            f"{low} % and {high} % probability contours (limit {_pct(limits.uncertainty_pct)})"
+        )
     if m.mismatch_pct > limits.mismatch_pct:
         reasons.append(
             f"mask and ellipse differ by {_pct(m.mismatch_pct)} of the ellipse's area "
@@ -741,6 +756,7 @@ def measure_head(
     method: str = HC_METHOD,
     boundary: str = HC_BOUNDARY,
     limits: ReliabilityLimits = RELIABILITY_LIMITS,
+    probability: np.ndarray | None = None,
 ) -> HeadMeasurement | None:
     """The HC of a head mask (:func:`fit_head_ellipse`) and its reliability (:func:`assess_head`).
 
@@ -751,6 +767,7 @@ def measure_head(
         method: one of :data:`HC_METHODS`.
         boundary: one of :data:`BOUNDARY_CONVENTIONS`.
         limits: where a measurement stops being reliable.
+        probability: ``(H, W)`` the model's probability of the head, for :attr:`HeadMeasurement.uncertainty_pct`.
 
     Returns:
         The measurement, or ``None`` for a mask without the head.
@@ -779,8 +796,36 @@ def measure_head(
         outside_share=float(outside.any(axis=1).mean()),
         other_parts_share=other_parts,
         components=components,
+        uncertainty_pct=None if probability is None else _uncertainty_pct(probability, fit, method, boundary),
     )
     return assess_head(measurement, limits)
+
+
+def _uncertainty_pct(probability: np.ndarray, fit: EllipseFit, method: str, boundary: str) -> float:
+    probability = np.asarray(probability)
+    if probability.shape != _binary(probability, None).shape:
+        raise ValueError(f"expected an (H, W) probability map, got shape {probability.shape}")
+    hcs = []
+    for level in UNCERTAINTY_LEVELS:
+        fitted = fit_head_ellipse((probability >= level).astype(np.uint8), fit.spacing, None, method, boundary)
+        hcs.append(0.0 if fitted is None else fitted[0].circumference)
+    return float(100 * (hcs[0] - hcs[1]) / max(fit.circumference, 1e-12))
+
+
+def class_probability(probabilities: np.ndarray | None, value: int) -> np.ndarray | None:
+    """The ``(H, W)`` probability of class ``value`` from a prediction's ``(C, H, W)`` probabilities (``C = 1``:
+    a binary model's foreground); ``None`` stays ``None``.
+
+    Raises:
+        ValueError: no such class in ``probabilities``.
+    """
+    if probabilities is None:
+        return None
+    probabilities = np.asarray(probabilities)
+    index = 0 if probabilities.shape[0] == 1 and value == 1 else value
+    if probabilities.ndim != 3 or index >= probabilities.shape[0]:
+        raise ValueError(f"no probability of class {value} in probabilities of shape {probabilities.shape}")
+    return probabilities[index]
 
 
 def measure_cerebellum(
@@ -843,6 +888,7 @@ def measure_mask(
     cerebellum: str | Sequence[str] | None = CEREBELLUM_LABEL,
     head: str | Sequence[str] | None = HEAD_LABELS,
     limits: ReliabilityLimits = RELIABILITY_LIMITS,
+    probabilities: np.ndarray | None = None,
 ) -> MaskMeasurements:
     """Area of every label, TCD of the cerebellum and HC of the head of one mask, each flagged when unreliable.
 
@@ -853,6 +899,8 @@ def measure_mask(
         cerebellum: label name(s) to report a TCD for (``None``: none).
         head: label name(s) to report an HC for, first match wins (``None``: none).
         limits: where a measurement stops being reliable.
+        probabilities: the prediction's ``(C, H, W)`` class probabilities (:func:`class_probability`), when known:
+            adds the HC's uncertainty check.
     """
     mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[0] == 1:
@@ -877,7 +925,11 @@ def measure_mask(
         tcd_label=tcd_label,
         tcd=None if tcd_label is None else measure_cerebellum(mask, grid, tcd_label[1], limits),
         hc_label=hc_label,
-        hc=None if hc_label is None else measure_head(mask, grid, hc_label[1], limits=limits),
+        hc=None
+        if hc_label is None
+        else measure_head(
+            mask, grid, hc_label[1], limits=limits, probability=class_probability(probabilities, hc_label[1])
+        ),
     )
 
 
@@ -912,13 +964,15 @@ def biometry_columns(
     labels: Mapping[str, int],
     head_labels: str | Sequence[str] | None = HEAD_LABELS,
     prefix: str = "",
+    probabilities: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """:func:`measurement_columns` of :func:`measure_mask`; for ``mask=None`` (an image that could not be
     segmented) the same columns, empty."""
     if mask is None:
         empty = measurement_columns(measure_mask(np.zeros((1, 1), np.uint8), None, labels, head=head_labels), prefix)
         return dict.fromkeys(empty)
-    return measurement_columns(measure_mask(mask, spacing, labels, head=head_labels), prefix)
+    measured = measure_mask(mask, spacing, labels, head=head_labels, probabilities=probabilities)
+    return measurement_columns(measured, prefix)
 
 
 def _rounded(points: np.ndarray, digits: int = 4) -> list[list[float]]:
@@ -933,6 +987,7 @@ def measure_biometry(
     cerebellum: str | Sequence[str] | None = CEREBELLUM_LABEL,
     head: str | Sequence[str] | None = HEAD_LABELS,
     curve_points: int = 72,
+    probabilities: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """:func:`measure_mask` of one mask as a JSON-ready dict, with every point in the image's RAS coordinates.
 
@@ -950,6 +1005,8 @@ def measure_biometry(
         cerebellum: the label name(s) to report a TCD for (``None``: none).
         head: the label name(s) to report an HC for, first match wins (``None``: none).
         curve_points: points along the HC ellipse in ``hc["curve_ras"]``.
+        probabilities: the prediction's ``(C, H, W)`` class probabilities, when known (adds the HC's uncertainty
+            check, see :func:`measure_mask`).
 
     Returns:
         ``unit``, ``spacing_mm`` (``[row, col]`` or ``None``), ``spacing_note`` (without a spacing),
@@ -965,7 +1022,7 @@ def measure_biometry(
         mask = mask[0]
     if mask.shape != geometry.shape_hw:
         raise ValueError(f"mask of shape {mask.shape} does not fit an image of shape {geometry.shape_hw}")
-    measured = measure_mask(mask, spacing, labels, cerebellum, head)
+    measured = measure_mask(mask, spacing, labels, cerebellum, head, probabilities=probabilities)
     unit = measured.unit
     row_mm, col_mm = measured.spacing or (1.0, 1.0)
     result: dict[str, Any] = {"unit": unit, "spacing_mm": [row_mm, col_mm] if measured.spacing else None}
@@ -1025,6 +1082,7 @@ def measure_biometry(
                     "mismatch_pct": round(hc.mismatch_pct, 3),
                     "outside_share": round(hc.outside_share, 4),
                     "other_parts_share": round(hc.other_parts_share, 4),
+                    "uncertainty_pct": None if hc.uncertainty_pct is None else round(hc.uncertainty_pct, 3),
                 },
                 "definition": HC_DEFINITION,
             }

@@ -491,7 +491,7 @@ def evaluate_model(
         raise ValueError("no labelled images to evaluate")
     num_classes = predictor.spec.num_classes
     images = [str(pair["image"]) for pair in pairs]
-    predictions, labels, spacings, sources = [], [], [], []
+    predictions, labels, spacings, sources, measured = [], [], [], [], []
     stream = predictor.predict_many(images, batch_size=batch_size, tta=tta)
     for count, (pair, prediction) in enumerate(zip(pairs, stream, strict=True), start=1):
         label = read_label(pair["label"], num_classes)
@@ -501,6 +501,13 @@ def evaluate_model(
                 f"(H, W) = {prediction.mask.shape}"
             )
         spacing, source = resolve_pixel_spacing(pair["image"], prediction.geometry, spacing_lookup)
+        # measured here, while the probabilities are at hand (they add the HC's uncertainty check)
+        measured.append(
+            biometry.biometry_columns(
+                prediction.mask, spacing, predictor.spec.labels, head_labels, probabilities=prediction.probabilities
+            )
+            | biometry.biometry_columns(label, spacing, predictor.spec.labels, head_labels, prefix="label_")
+        )
         predictions.append(prediction.mask.astype(np.uint8))
         labels.append(label)
         spacings.append(spacing)
@@ -510,10 +517,8 @@ def evaluate_model(
     unit = "mm" if all(s is not None for s in spacings) else "px"
     metrics = segmentation_metrics(predictions, labels, num_classes, spacing=spacings if unit == "mm" else None)
     records = [
-        _record(pair, p, t, num_classes, s, src, unit)
-        | biometry.biometry_columns(p, s, predictor.spec.labels, head_labels)
-        | biometry.biometry_columns(t, s, predictor.spec.labels, head_labels, prefix="label_")
-        for pair, p, t, s, src in zip(pairs, predictions, labels, spacings, sources, strict=True)
+        _record(pair, p, t, num_classes, s, src, unit) | columns
+        for pair, p, t, s, src, columns in zip(pairs, predictions, labels, spacings, sources, measured, strict=True)
     ]
     hc_reference = None
     if reference_hc is not None:

@@ -270,7 +270,10 @@ def prediction_row(
         "spacing_source": source,
     }
     heads = HEAD_LABELS if head_labels is None else head_labels
-    row |= biometry_columns(prediction.mask if prediction is not None else None, spacing, spec.labels, heads)
+    if prediction is None:
+        row |= biometry_columns(None, spacing, spec.labels, heads)
+    else:
+        row |= biometry_columns(prediction.mask, spacing, spec.labels, heads, probabilities=prediction.probabilities)
     row["confidence_fraction"] = round(prediction.confidence(CONFIDENCE_THRESHOLD), 6) if prediction else ""
     row["error"] = error
     return row
