@@ -63,14 +63,35 @@ SCRIPT = "bench/hc18_biometry.py"
 OUT_DEFAULT = REPO_ROOT / "bench" / "out" / "hc18_biometry"
 LABELS_NOTE = "labels regenerated 2026-12-04 (filled to the outline's centre line, see the data's README)"
 
-ESTIMATORS: tuple[tuple[str, str], ...] = (
-    ("moments", "contour"),
-    ("contour", "contour"),
-    ("contour", "centres"),
-    ("robust", "contour"),
-    ("robust", "centres"),
+Estimator = tuple[str, str, float]
+"""``(method, boundary, robust tolerance)`` of :func:`sscase_monai.biometry.measure_head`."""
+
+CHOSEN: Estimator = (biometry.HC_METHOD, biometry.HC_BOUNDARY, biometry.ROBUST_TOLERANCE_RELATIVE)
+TOLERANCES: tuple[float, ...] = (0.02, 0.03, 0.04, 0.06)
+"""The robust fit's relative tolerances compared on model masks."""
+
+GROUND_TRUTH_ESTIMATORS: tuple[Estimator, ...] = tuple(
+    dict.fromkeys(
+        [
+            ("moments", "contour", CHOSEN[2]),
+            ("contour", "contour", CHOSEN[2]),
+            ("contour", "centres", CHOSEN[2]),
+            ("robust", "contour", CHOSEN[2]),
+            ("robust", "centres", CHOSEN[2]),
+            CHOSEN,
+        ]
+    )
 )
-"""``(method, boundary)`` pairs compared on ground-truth masks; the other mask sets use the half-pixel contour."""
+"""Compared on ground-truth masks (both boundary conventions)."""
+
+MODEL_ESTIMATORS: tuple[Estimator, ...] = tuple(
+    dict.fromkeys(
+        [("moments", "contour", CHOSEN[2]), ("contour", "contour", CHOSEN[2])]
+        + [("robust", "contour", t) for t in TOLERANCES]
+        + [CHOSEN]
+    )
+)
+"""Compared on corrupted and model masks (the half-pixel contour)."""
 
 DEFECT_SIZE = 0.3
 """Radius of a leak blob or a bite, as a share of the head's mean semi-axis."""
@@ -80,6 +101,7 @@ EDGE_CUT = 0.2
 
 SWEEP: dict[str, tuple[float, ...]] = {
     "outside_share": (0.0, 0.02, 0.05, 0.1),
+    "uncertainty_pct": (2.0, 3.0, 4.0, 5.0, 6.0, 8.0),
     "boundary_residual_pct": (1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
     "inlier_residual_pct": (0.5, 0.75, 1.0, 1.5, 2.0),
     "outlier_share": (0.05, 0.1, 0.15, 0.2, 0.3),
@@ -91,20 +113,22 @@ SWEEP: dict[str, tuple[float, ...]] = {
 
 @dataclass
 class Case:
-    """One mask to measure: its image's name, the mask, the pixel size and the reference HC."""
+    """One mask to measure: its image's name, the mask, the pixel size, the reference HC (and the model's head
+    probability)."""
 
     name: str
     mask: np.ndarray
     spacing: float
     reference: float
+    probability: np.ndarray | None = None
 
 
-def label_name(method: str, boundary: str) -> str:
-    return (
-        method
-        if method == "moments"
-        else f"{method} ({'half-pixel contour' if boundary == 'contour' else 'pixel centres'})"
-    )
+def label_name(estimator: Estimator) -> str:
+    method, boundary, tolerance = estimator
+    if method == "moments":
+        return method
+    where = "half-pixel contour" if boundary == "contour" else "pixel centres"
+    return f"{method} ({where})" if method == "contour" else f"{method} ({where}, tolerance {100 * tolerance:g} %)"
 
 
 def corrupt(case: Case, defect: str, index: int) -> Case:
@@ -124,14 +148,17 @@ def corrupt(case: Case, defect: str, index: int) -> Case:
     return replace(case, mask=mask.astype(np.uint8))
 
 
-def measure_cases(cases: Sequence[Case], estimators: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+def measure_cases(cases: Sequence[Case], estimators: Sequence[Estimator]) -> list[dict[str, Any]]:
     """Per case and estimator the library's :class:`~sscase_monai.biometry.HeadMeasurement` (``None``: no head)."""
     rows = []
     for case in cases:
         row: dict[str, Any] = {"name": case.name, "reference": case.reference}
-        for method, boundary in estimators:
-            row[label_name(method, boundary)] = biometry.measure_head(
-                case.mask, case.spacing, method=method, boundary=boundary
+        for estimator in estimators:
+            method, boundary, tolerance = estimator
+            # the probability check costs two more fits: only for the product's estimator
+            probability = case.probability if estimator == CHOSEN else None
+            row[label_name(estimator)] = biometry.measure_head(
+                case.mask, case.spacing, method=method, boundary=boundary, probability=probability, tolerance=tolerance
             )
         rows.append(row)
     return rows
@@ -201,7 +228,8 @@ def ground_truth_cases(folder: Path) -> list[Case]:
 
 
 def model_cases(model: Path, folder: Path, tta: bool) -> tuple[list[Case], dict[str, Any]]:
-    """The model's masks of every image (``evaluate_model`` keeps them all as report cases) and its summary."""
+    """The model's masks and head probabilities of every image, and ``evaluate_model``'s summary (Dice, the
+    product's HC agreement with and without flagged HCs)."""
     table = folder / "pixel_size_and_hc.csv"
     pairs = pair_images_with_labels(folder / "images", folder / "labels")
     predictor = Predictor.from_file(model, device="cpu", tta=tta)
@@ -212,10 +240,13 @@ def model_cases(model: Path, folder: Path, tta: bool) -> tuple[list[Case], dict[
         tta=tta,
         spacing_lookup=read_pixel_size_csv(table),
         reference_hc=read_reference_csv(table),
-        keep_cases=len(pairs),
     )
-    reference = read_reference_csv(table)
-    cases = [Case(c.name, c.prediction_mask, c.spacing[0], reference[c.name]) for c in result.cases]
+    reference, sizes = read_reference_csv(table), read_pixel_size_csv(table)
+    cases = []
+    for pair, prediction in zip(pairs, predictor.predict_many([p["image"] for p in pairs], tta=tta), strict=True):
+        name = io.image_stem(pair["image"])
+        probability = biometry.class_probability(prediction.probabilities, 1)
+        cases.append(Case(name, prediction.mask, sizes[name][0], reference[name], probability))
     summary = {
         "model": str(model),
         "spec": {"input_size": predictor.spec.input_size, "labels": predictor.spec.labels},
@@ -224,24 +255,23 @@ def model_cases(model: Path, folder: Path, tta: bool) -> tuple[list[Case], dict[
         "hc_agreement": result.hc_reference,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    return sorted(cases, key=lambda c: c.name), summary
+    return cases, summary
 
 
 def run(data: Path, split: str, model: Path | None, tta: bool) -> dict[str, Any]:
     folder = data / split
     truth = ground_truth_cases(folder)
     start = time.perf_counter()
-    sets: dict[str, list[dict[str, Any]]] = {"ground truth": measure_cases(truth, ESTIMATORS)}
-    product = [(m, "contour") for m in biometry.HC_METHODS]
+    sets: dict[str, list[dict[str, Any]]] = {"ground truth": measure_cases(truth, GROUND_TRUTH_ESTIMATORS)}
     for defect in ("leak", "bite", "edge"):
         corrupted = [corrupt(case, defect, i) for i, case in enumerate(truth)]
-        sets[f"ground truth + {defect}"] = measure_cases(corrupted, product)
+        sets[f"ground truth + {defect}"] = measure_cases(corrupted, MODEL_ESTIMATORS)
     result: dict[str, Any] = {"split": split, "images": len(truth), "labels": LABELS_NOTE}
     if model is not None:
         cases, result["model"] = model_cases(model, folder, tta)
-        sets["model"] = measure_cases(cases, product)
+        sets["model"] = measure_cases(cases, MODEL_ESTIMATORS)
     result["measure_seconds"] = round(time.perf_counter() - start, 1)
-    chosen = label_name(biometry.HC_METHOD, biometry.HC_BOUNDARY)
+    chosen = label_name(CHOSEN)
     result["estimators"] = {
         name: {key: error_summary(errors(rows, key)) for key in rows[0] if key not in ("name", "reference")}
         for name, rows in sets.items()

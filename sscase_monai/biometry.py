@@ -446,18 +446,21 @@ def _to_model(fit: EllipseFit) -> measure.EllipseModel:
     return model
 
 
-def robust_tolerance(fit: EllipseFit) -> float:
-    """How far (spacing's unit) a boundary point may lie from the ellipse and still count for the robust fit."""
+def robust_tolerance(fit: EllipseFit, relative: float = ROBUST_TOLERANCE_RELATIVE) -> float:
+    """How far (spacing's unit) a boundary point may lie from the ellipse and still count for the robust fit:
+    :data:`ROBUST_TOLERANCE_PX` pixels or ``relative`` times the mean semi-axis, whichever is more."""
     pixel = math.sqrt(fit.spacing[0] * fit.spacing[1])
-    return max(ROBUST_TOLERANCE_PX * pixel, ROBUST_TOLERANCE_RELATIVE * (fit.semi_major + fit.semi_minor) / 2)
+    return max(ROBUST_TOLERANCE_PX * pixel, relative * (fit.semi_major + fit.semi_minor) / 2)
 
 
-def _robust(points_mm: np.ndarray, spacing: tuple[float, float]) -> tuple[measure.EllipseModel, np.ndarray] | None:
+def _robust(
+    points_mm: np.ndarray, spacing: tuple[float, float], relative: float
+) -> tuple[measure.EllipseModel, np.ndarray] | None:
     """RANSAC on a subsample of the boundary, then least squares on the points near its ellipse until they settle."""
     first = _least_squares(points_mm)
     if first is None:
         return None
-    tolerance = robust_tolerance(_to_fit(first, spacing))
+    tolerance = robust_tolerance(_to_fit(first, spacing), relative)
     step = max(1, len(points_mm) // RANSAC_POINTS)
     sample = points_mm[::step]
     scale = max(float(np.ptp(points_mm, axis=0).max()), 1e-9)
@@ -482,7 +485,7 @@ def _robust(points_mm: np.ndarray, spacing: tuple[float, float]) -> tuple[measur
         if refit is None:
             break
         model = refit
-        tolerance = robust_tolerance(_to_fit(model, spacing))
+        tolerance = robust_tolerance(_to_fit(model, spacing), relative)
         updated = np.abs(_signed_distances(model, points_mm)) <= tolerance
         if np.array_equal(updated, inliers):
             break
@@ -496,6 +499,7 @@ def fit_head_ellipse(
     label: int | None = None,
     method: str = HC_METHOD,
     boundary: str = HC_BOUNDARY,
+    tolerance: float = ROBUST_TOLERANCE_RELATIVE,
 ) -> tuple[EllipseFit, np.ndarray, np.ndarray] | None:
     """Fit an ellipse to a head mask with one of :data:`HC_METHODS`, in physical units (anisotropic pixels handled).
 
@@ -506,6 +510,7 @@ def fit_head_ellipse(
         method: ``"moments"`` (:func:`fit_ellipse`), ``"contour"`` (least squares on the boundary points) or
             ``"robust"`` (RANSAC, then least squares on the points within :func:`robust_tolerance`).
         boundary: which boundary points (:func:`boundary_points`).
+        tolerance: the robust fit's tolerance relative to the mean semi-axis (:func:`robust_tolerance`).
 
     Returns:
         ``(fit, points, inliers)``: the ellipse, the boundary points ``(N, 2)`` in pixels and which of them the fit
@@ -530,7 +535,7 @@ def fit_head_ellipse(
     if method == "contour":
         model = _least_squares(points_mm)
         return (moments, points, everything) if model is None else (_to_fit(model, spacing), points, everything)
-    robust = _robust(points_mm, spacing)
+    robust = _robust(points_mm, spacing, tolerance)
     if robust is None:
         return moments, points, everything
     return _to_fit(robust[0], spacing), points, robust[1]
@@ -757,6 +762,7 @@ def measure_head(
     boundary: str = HC_BOUNDARY,
     limits: ReliabilityLimits = RELIABILITY_LIMITS,
     probability: np.ndarray | None = None,
+    tolerance: float = ROBUST_TOLERANCE_RELATIVE,
 ) -> HeadMeasurement | None:
     """The HC of a head mask (:func:`fit_head_ellipse`) and its reliability (:func:`assess_head`).
 
@@ -768,11 +774,12 @@ def measure_head(
         boundary: one of :data:`BOUNDARY_CONVENTIONS`.
         limits: where a measurement stops being reliable.
         probability: ``(H, W)`` the model's probability of the head, for :attr:`HeadMeasurement.uncertainty_pct`.
+        tolerance: the robust fit's relative tolerance (:func:`robust_tolerance`).
 
     Returns:
         The measurement, or ``None`` for a mask without the head.
     """
-    fitted = fit_head_ellipse(mask, spacing, label, method, boundary)
+    fitted = fit_head_ellipse(mask, spacing, label, method, boundary, tolerance)
     if fitted is None:
         return None
     fit, points, inliers = fitted
@@ -796,18 +803,21 @@ def measure_head(
         outside_share=float(outside.any(axis=1).mean()),
         other_parts_share=other_parts,
         components=components,
-        uncertainty_pct=None if probability is None else _uncertainty_pct(probability, fit, method, boundary),
+        uncertainty_pct=None
+        if probability is None
+        else _uncertainty_pct(probability, fit, method, boundary, tolerance),
     )
     return assess_head(measurement, limits)
 
 
-def _uncertainty_pct(probability: np.ndarray, fit: EllipseFit, method: str, boundary: str) -> float:
+def _uncertainty_pct(probability: np.ndarray, fit: EllipseFit, method: str, boundary: str, tolerance: float) -> float:
     probability = np.asarray(probability)
     if probability.shape != _binary(probability, None).shape:
         raise ValueError(f"expected an (H, W) probability map, got shape {probability.shape}")
     hcs = []
     for level in UNCERTAINTY_LEVELS:
-        fitted = fit_head_ellipse((probability >= level).astype(np.uint8), fit.spacing, None, method, boundary)
+        level_mask = (probability >= level).astype(np.uint8)
+        fitted = fit_head_ellipse(level_mask, fit.spacing, None, method, boundary, tolerance)
         hcs.append(0.0 if fitted is None else fitted[0].circumference)
     return float(100 * (hcs[0] - hcs[1]) / max(fit.circumference, 1e-12))
 
