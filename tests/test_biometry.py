@@ -372,3 +372,30 @@ def test_measure_biometry_and_the_csv_columns_carry_the_flags():
     empty = biometry.biometry_columns(None, spacing, labels, prefix="label_")
     assert list(empty) == list(biometry.biometry_columns(mask, spacing, labels, prefix="label_"))
     assert set(empty.values()) == {None}
+
+
+def test_the_models_probabilities_bound_the_hc_and_flag_an_uncertain_outline():
+    from scipy import ndimage
+
+    spacing = (0.2, 0.2)
+    mask, truth = head_with("clean", spacing)
+    sharp = biometry.measure_head(mask, spacing, probability=mask.astype(np.float32))
+    assert sharp.uncertainty_pct == pytest.approx(0.0, abs=0.05) and sharp.reliable
+    assert biometry.measure_head(mask, spacing).uncertainty_pct is None  # no probabilities: no check
+    # a blurred outline: the 25 % contour lies well outside the 75 % one
+    blurred = ndimage.gaussian_filter(mask.astype(np.float32), 12)
+    vague = biometry.measure_head(mask, spacing, probability=blurred)
+    assert vague.uncertainty_pct > 3.0 and vague.circumference == sharp.circumference
+    strict = biometry.ReliabilityLimits(uncertainty_pct=2.0)
+    flagged = biometry.measure_head(mask, spacing, probability=blurred, limits=strict)
+    assert not flagged.reliable and "probability contours" in flagged.reasons[0]
+    # the app's and the CLI's (C, H, W) probabilities: C = 1 is a binary model's foreground
+    probabilities = blurred[None]
+    np.testing.assert_array_equal(biometry.class_probability(probabilities, 1), blurred)
+    assert biometry.class_probability(None, 1) is None
+    with pytest.raises(ValueError, match=r"class 2 .* shape \(1, "):
+        biometry.class_probability(probabilities, 2)
+    measured = biometry.measure_biometry(
+        mask, io.ImageGeometry.identity(mask.shape), {"head": 1}, spacing, probabilities=probabilities
+    )
+    assert measured["hc"]["checks"]["uncertainty_pct"] == pytest.approx(vague.uncertainty_pct, abs=1e-3)
