@@ -75,9 +75,12 @@ HC_BOUNDARY = "contour"
 ground-truth masks (``bench/RESULTS.md``; edge-pixel centres lie half a pixel inside and measure short)."""
 
 ROBUST_TOLERANCE_PX = 2.0
-ROBUST_TOLERANCE_RELATIVE = 0.02
-"""A boundary point counts for the robust fit within max(2 pixels, 2 % of the mean semi-axis) of the ellipse: above
-the contour's pixel noise, below a leak or a bite (``bench/hc18_biometry.py``'s corrupted masks)."""
+ROBUST_TOLERANCE_RELATIVE = 0.04
+"""A boundary point counts for the robust fit within max(2 pixels, 4 % of the mean semi-axis) of the ellipse: above
+the contour's pixel noise and a model mask's wobble, below a leak or a bite. Chosen on HC18 val
+(``bench/RESULTS.md``, "Head circumference on HC18"): of 2, 3, 4 and 6 %, 4 % gave the model masks' smallest HC error
+(mean abs. 3.43 mm, 13 of 87 over 5 mm, vs 3.72 mm and 19 at 2 %) while leaks, bites and edge cuts of the ground
+truth stay within 0.5 mm."""
 
 UNCERTAINTY_LEVELS: tuple[float, float] = (0.25, 0.75)
 """The probability contours whose HCs bound the HC's uncertainty (:attr:`HeadMeasurement.uncertainty_pct`)."""
@@ -91,9 +94,15 @@ mask always gives the same HC), then refits on the points near its ellipse at mo
 
 @dataclass(frozen=True)
 class ReliabilityLimits:
-    """Where a measurement stops being reliable. The defaults (:data:`RELIABILITY_LIMITS`) were chosen on HC18 val
-    by ``bench/hc18_biometry.py`` (``bench/RESULTS.md``, "Head circumference on HC18"): the share of > 5 mm HC
-    errors they flag against the share of good measurements flagged wrongly.
+    """Where a measurement stops being reliable (``math.inf``: the check is off).
+
+    The defaults (:data:`RELIABILITY_LIMITS`) were chosen on HC18 val by ``bench/hc18_biometry.py``
+    (``bench/RESULTS.md``, "Head circumference on HC18", each check swept alone and together): with a stage-1
+    256-input model, uncertainty 4 % + outliers 20 % + mismatch 6 % + residual 5 % flag 12 of its 13 HCs that are > 5 mm
+    off and 29 of its 74 good ones, leaving 1 of 46 unflagged HCs over 5 mm; without probabilities (the shape checks
+    alone) 7 of 13 and 10 of 74. The inlier residual flags almost every model mask (their outlines are not ellipses)
+    and is off. No head on val is cut by the image edge or comes in pieces: those limits are judgement (any part of
+    the ellipse outside the image; a second piece of 10 %).
 
     Attributes:
         boundary_residual_pct: RMS distance of the head's boundary to its ellipse, % of the mean semi-axis.
@@ -106,11 +115,11 @@ class ReliabilityLimits:
         other_parts_share: pixels of a label's other components, as a share of its largest component's.
     """
 
-    boundary_residual_pct: float = 2.5
+    boundary_residual_pct: float = 5.0
     inlier_residual_pct: float = math.inf
-    outlier_share: float = 0.15
-    uncertainty_pct: float = math.inf
-    mismatch_pct: float = 5.0
+    outlier_share: float = 0.2
+    uncertainty_pct: float = 4.0
+    mismatch_pct: float = 6.0
     outside_share: float = 0.0
     other_parts_share: float = 0.1
 
