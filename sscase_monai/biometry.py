@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -706,46 +706,66 @@ def _pct(value: float) -> str:
     return f"{value:.1f} %"
 
 
+_HEAD_CHECKS: tuple[tuple[str, Callable[[HeadMeasurement, float], str]], ...] = (
+    (
+        "outside_share",
+        lambda m, limit: (
+            f"head mask touches the image edge: {_pct(100 * m.outside_share)} of the ellipse lies "
+            f"outside the image (limit {_pct(100 * limit)})"
+        ),
+    ),
+    (
+        "boundary_residual_pct",
+        lambda m, limit: f"boundary departs from the ellipse by {_pct(m.boundary_residual_pct)} (limit {_pct(limit)})",
+    ),
+    (
+        "inlier_residual_pct",
+        lambda m, limit: (
+            f"the head's boundary is not an ellipse: it departs from it by "
+            f"{_pct(m.inlier_residual_pct)} where the fit used it (limit {_pct(limit)})"
+        ),
+    ),
+    (
+        "outlier_share",
+        lambda m, limit: (
+            f"the ellipse fit left out {_pct(100 * m.outlier_share)} of the boundary as a leak or a "
+            f"bite (limit {_pct(100 * limit)})"
+        ),
+    ),
+    (
+        "uncertainty_pct",
+        lambda m, limit: (
+            f"the head's outline is uncertain: the HC changes by {_pct(m.uncertainty_pct)} between the "
+            f"model's {round(100 * UNCERTAINTY_LEVELS[0])} % and {round(100 * UNCERTAINTY_LEVELS[1])} % probability "
+            f"contours (limit {_pct(limit)})"
+        ),
+    ),
+    (
+        "mismatch_pct",
+        lambda m, limit: (
+            f"mask and ellipse differ by {_pct(m.mismatch_pct)} of the ellipse's area (limit {_pct(limit)})"
+        ),
+    ),
+    (
+        "other_parts_share",
+        lambda m, limit: (
+            f"head label in {m.components} pieces: the others hold {_pct(100 * m.other_parts_share)} "
+            f"of the largest's pixels (limit {_pct(100 * limit)})"
+        ),
+    ),
+)
+"""Each check of :func:`assess_head`: the :class:`HeadMeasurement` field compared with the :class:`ReliabilityLimits`
+field of the same name, and the reason given when it is exceeded. A new check: a field in both and an entry here."""
+
+
 def assess_head(measurement: HeadMeasurement, limits: ReliabilityLimits = RELIABILITY_LIMITS) -> HeadMeasurement:
     """``measurement`` with ``reliable`` and ``reasons`` set from ``limits`` (each exceeded limit is a reason)."""
-    m, reasons = measurement, []
-    if m.outside_share > limits.outside_share:
-        reasons.append(
-            f"head mask touches the image edge: {_pct(100 * m.outside_share)} of the ellipse lies outside the image "
-            f"(limit {_pct(100 * limits.outside_share)})"
-        )
-    if m.boundary_residual_pct > limits.boundary_residual_pct:
-        reasons.append(
-            f"boundary departs from the ellipse by {_pct(m.boundary_residual_pct)} "
-            f"(limit {_pct(limits.boundary_residual_pct)})"
-        )
-    if m.inlier_residual_pct > limits.inlier_residual_pct:
-        reasons.append(
-            f"the head's boundary is not an ellipse: it departs from it by {_pct(m.inlier_residual_pct)} where the "
-            f"fit used it (limit {_pct(limits.inlier_residual_pct)})"
-        )
-    if m.outlier_share > limits.outlier_share:
-        reasons.append(
-            f"the ellipse fit left out {_pct(100 * m.outlier_share)} of the boundary as a leak or a bite "
-            f"(limit {_pct(100 * limits.outlier_share)})"
-        )
-    if m.uncertainty_pct is not None and m.uncertainty_pct > limits.uncertainty_pct:
-        low, high = (round(100 * level) for level in UNCERTAINTY_LEVELS)
-        reasons.append(
-            f"the head's outline is uncertain: the HC changes by {_pct(m.uncertainty_pct)} between the model's "
-            f"{low} % and {high} % probability contours (limit {_pct(limits.uncertainty_pct)})"
-        )
-    if m.mismatch_pct > limits.mismatch_pct:
-        reasons.append(
-            f"mask and ellipse differ by {_pct(m.mismatch_pct)} of the ellipse's area "
-            f"(limit {_pct(limits.mismatch_pct)})"
-        )
-    if m.other_parts_share > limits.other_parts_share:
-        reasons.append(
-            f"head label in {m.components} pieces: the others hold {_pct(100 * m.other_parts_share)} of the largest's "
-            f"pixels (limit {_pct(100 * limits.other_parts_share)})"
-        )
-    return replace(m, reliable=not reasons, reasons=tuple(reasons))
+    reasons = []
+    for name, reason in _HEAD_CHECKS:
+        value, limit = getattr(measurement, name), getattr(limits, name)
+        if value is not None and value > limit:
+            reasons.append(reason(measurement, limit))
+    return replace(measurement, reliable=not reasons, reasons=tuple(reasons))
 
 
 def assess_cerebellum(
