@@ -450,9 +450,7 @@ def _to_fit(model: measure.EllipseModel, spacing: tuple[float, float]) -> Ellips
 
 def _to_model(fit: EllipseFit) -> measure.EllipseModel:
     centre = np.array(fit.centre) * np.array(fit.spacing)
-    model = _EllipseModel.__new__(_EllipseModel)
-    model.center, model.axis_lengths, model.theta = centre, np.array([fit.semi_major, fit.semi_minor]), fit.orientation
-    return model
+    return _EllipseModel(centre, np.array([fit.semi_major, fit.semi_minor]), fit.orientation)
 
 
 def robust_tolerance(fit: EllipseFit, relative: float = ROBUST_TOLERANCE_RELATIVE) -> float:
