@@ -223,6 +223,11 @@ def test_tcd_and_hc_columns_and_the_mean_absolute_hc_difference_from_a_reference
     assert f"ground-truth masks {np.mean(np.abs(offsets)):.2f} mm (0 over 5 mm)" in out
     # the whole-image prediction runs past the image edge: flagged, and said so
     assert {r["hc_reliable"] for r in rows} == {"False"} and "touches the image edge" in rows[0]["hc_reasons"]
+    # the measurement columns are the library's (the ones predict writes), for the prediction and the ground truth
+    for prefix in ("", "label_"):
+        measurement = list(biometry.biometry_columns(None, None, {"head": 1}, prefix=prefix))
+        start = list(rows[0]).index(measurement[0])
+        assert list(rows[0])[start : start + len(measurement)] == measurement
     assert "4 prediction(s) flagged unreliable" in out
     bad = tmp_path / "bad.csv"
     bad.write_text("filename,pixel_size_mm\ncase_0.png,0.5\n")
