@@ -187,23 +187,6 @@ class EllipseFit:
         return points / spacing
 
 
-@dataclass(frozen=True)
-class StructureBiometry:
-    """Measurements of one labelled structure (its largest connected component, except ``area_mm2``).
-
-    Attributes:
-        diameter_mm: maximum Feret diameter (the TCD for the cerebellum).
-        area_mm2: area of all pixels with the label.
-        perimeter_mm: length of the largest component's outer boundary.
-        components: number of connected components with the label (more than one hints at a noisy prediction).
-    """
-
-    diameter_mm: float
-    area_mm2: float
-    perimeter_mm: float
-    components: int
-
-
 def normalize_spacing(spacing: SpacingLike) -> tuple[float, float]:
     """``0.3`` -> ``(0.3, 0.3)``; ``(row_mm, col_mm)`` checked to be two positive numbers.
 
@@ -563,22 +546,6 @@ def ellipse_circumference_mm(
     """
     fitted = fit_head_ellipse(mask, spacing, label, method)
     return 0.0 if fitted is None else fitted[0].circumference
-
-
-def measure_structure(mask: np.ndarray, spacing: SpacingLike, label: int | None = None) -> StructureBiometry:
-    """Diameter, area, perimeter and component count of one labelled structure.
-
-    Args:
-        mask: ``(H, W)`` label mask.
-        spacing: ``(row_mm, col_mm)`` or one number, in mm.
-        label: the structure's value; ``None``: every non-zero pixel.
-    """
-    return StructureBiometry(
-        diameter_mm=max_feret_diameter(mask, spacing, label).length,
-        area_mm2=area_mm2(mask, spacing, label),
-        perimeter_mm=perimeter_mm(mask, spacing, label),
-        components=count_components(mask, label),
-    )
 
 
 CEREBELLUM_LABEL = "cerebellum"

@@ -75,10 +75,11 @@ def test_largest_component_decides_and_empty_masks_measure_zero():
     mask[20:50, 20:30] = 1  # the structure: 30 x 10 pixels
     assert biometry.max_feret_diameter_mm(mask, 1.0) == pytest.approx(math.hypot(30, 10))
     assert biometry.count_components(mask) == 2
-    measured = biometry.measure_structure(mask, 0.5, label=1)
-    assert measured.components == 2
-    assert measured.area_mm2 == pytest.approx((25 + 300) * 0.25)  # area counts every component
-    assert measured.diameter_mm == pytest.approx(0.5 * math.hypot(30, 10))
+    measured = biometry.measure_mask(mask, 0.5, {"cerebellum": 1})
+    assert measured.labels["cerebellum"].components == 2 and measured.tcd.components == 2
+    assert measured.labels["cerebellum"].area == pytest.approx((25 + 300) * 0.25)  # area counts every component
+    assert measured.tcd.length == pytest.approx(0.5 * math.hypot(30, 10))
+    assert measured.tcd.reliable  # the speck is 8 % of the cerebellum: below the 10 % of a second piece
     empty = np.zeros((10, 10), np.uint8)
     assert biometry.max_feret_diameter_mm(empty, 1.0) == 0.0
     assert biometry.perimeter_mm(empty, 1.0) == 0.0
