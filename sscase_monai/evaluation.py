@@ -10,11 +10,13 @@ so the averages mean something). An image has a spacing when its file carries on
 reports its default of 1 x 1), or, for PNG/JPEG, when a pixel-size table names it (HC18's ``pixel_size_and_hc.csv``:
 ``filename, pixel_size_mm``; see :func:`read_pixel_size_csv` and :func:`find_pixel_size_csv`).
 
-Biometry (:func:`biometry_columns`): for a model with a ``cerebellum`` label each image gets its TCD, for a head label
-(:data:`sscase_monai.biometry.HEAD_LABELS` by default) its HC, in mm, from the prediction and from the ground truth,
-for images with a spacing. With a reference table (HC18's ``pixel_size_and_hc.csv``: ``head_circumference_mm``,
-:func:`read_reference_csv`) the HC of both is compared with the reference (:func:`hc_agreement`): the ground-truth
-masks' difference is the floor of the estimator (ellipse fit on a filled mask vs the annotated ellipse's perimeter).
+Biometry (:func:`sscase_monai.biometry.biometry_columns`, the columns of ``predict`` too): per label its pixels and
+area, for a model with a ``cerebellum`` label each image's TCD, for a head label
+(:data:`sscase_monai.biometry.HEAD_LABELS` by default) its HC, in mm (for images with a spacing), each with its
+reliability flag and reasons, from the prediction and from the ground truth (``label_`` columns). With a reference
+table (HC18's ``pixel_size_and_hc.csv``: ``head_circumference_mm``, :func:`read_reference_csv`) the HC of both is
+compared with the reference (:func:`hc_agreement`), with and without the flagged HCs: the ground-truth masks'
+difference is the floor of the estimator (ellipse fit on a filled mask vs the annotated ellipse's perimeter).
 """
 
 from __future__ import annotations
@@ -138,78 +140,75 @@ def read_reference_csv(path: str | os.PathLike) -> dict[str, float]:
     return _read_positive_column(path, REFERENCE_HC_COLUMNS, "reference table", "head circumference")
 
 
-def biometry_columns(
-    mask: np.ndarray,
-    spacing: Spacing | None,
-    labels: Mapping[str, int],
-    head_labels: str | Sequence[str] | None = biometry.HEAD_LABELS,
-    prefix: str = "",
-) -> dict[str, float | None]:
-    """``tcd_mm`` (a model with a ``cerebellum`` label) and ``hc_mm`` (a head label) of one mask, ``None`` without a
-    spacing; keys start with ``prefix`` (``"label_"`` for a ground-truth mask). Used by ``predict`` and ``evaluate``.
+HC_ERROR_LIMIT_MM = 5.0
+"""An HC further than this from the reference counts as a miss in :func:`hc_agreement` (issue #20's yardstick)."""
 
-    Args:
-        mask: ``(H, W)`` class indices.
-        spacing: ``(row_mm, col_mm)`` or ``None``.
-        labels: the model's ``{name: value}``.
-        head_labels: name(s) of the head label, first match wins (see :func:`sscase_monai.biometry.find_label`).
-        prefix: put before each key.
-    """
-    columns: dict[str, float | None] = {}
-    cerebellum = biometry.find_label(labels, biometry.CEREBELLUM_LABEL)
-    if cerebellum is not None:
-        value = biometry.transverse_cerebellar_diameter_mm(mask, spacing, cerebellum[1]) if spacing else None
-        columns[f"{prefix}tcd_mm"] = None if value is None else round(value, 3)
-    head = biometry.find_label(labels, head_labels)
-    if head is not None:
-        value = biometry.ellipse_circumference_mm(mask, spacing, head[1]) if spacing else None
-        columns[f"{prefix}hc_mm"] = None if value is None else round(value, 3)
-    return columns
+
+def _difference_summary(diffs: Sequence[float]) -> dict[str, Any]:
+    errors = np.abs(np.asarray(diffs, np.float64))
+    if not len(errors):
+        keys = ("n", "mean_abs_diff_mm", "mean_diff_mm", "median_abs_diff_mm", "p90_abs_diff_mm", "max_abs_diff_mm")
+        return dict.fromkeys(keys) | {"n": 0, "over_limit": 0}
+    return {
+        "n": int(len(errors)),
+        "mean_abs_diff_mm": float(errors.mean()),
+        "mean_diff_mm": float(np.mean(diffs)),
+        "median_abs_diff_mm": float(np.median(errors)),
+        "p90_abs_diff_mm": float(np.percentile(errors, 90)),
+        "max_abs_diff_mm": float(errors.max()),
+        "over_limit": int((errors > HC_ERROR_LIMIT_MM).sum()),
+    }
 
 
 def hc_agreement(records: Sequence[Mapping[str, Any]], reference: Mapping[str, float]) -> dict[str, Any]:
-    """Mean absolute (and mean signed) difference of the predicted and the ground-truth masks' HC from a reference.
+    """How far the predicted and the ground-truth masks' HC are from a reference, with and without flagged HCs.
 
     Args:
-        records: rows with ``name`` and ``hc_mm`` (and ``label_hc_mm``), as :func:`evaluate_model` makes them.
+        records: rows with ``name``, ``hc_mm`` and ``hc_reliable`` (and ``label_hc_mm``, ``label_hc_reliable``), as
+            :func:`evaluate_model` makes them.
         reference: ``{image stem: hc_mm}`` (:func:`read_reference_csv`).
 
     Returns:
-        ``n`` (images with a reference and an HC), ``missing`` (images without a reference entry or an HC), and per
-        source (``prediction``, ``ground_truth``) ``mean_abs_diff_mm``, ``mean_diff_mm`` (measured - reference) and
-        ``max_abs_diff_mm``; ``None`` values when no image qualifies.
+        ``n`` (images with a reference and a predicted HC), ``missing`` (images without a reference entry or an
+        HC), ``limit_mm`` (:data:`HC_ERROR_LIMIT_MM`) and per source (``prediction``, ``ground_truth``) and for the
+        HCs not flagged unreliable (``prediction_reliable``, ``ground_truth_reliable``): ``n``,
+        ``mean_abs_diff_mm``, ``mean_diff_mm`` (measured - reference), ``median_abs_diff_mm``, ``p90_abs_diff_mm``,
+        ``max_abs_diff_mm`` and ``over_limit`` (how many differ by more than ``limit_mm``); ``None`` values when no
+        image qualifies. ``flagged``: predicted HCs flagged unreliable.
     """
     summary: dict[str, Any] = {}
-    missing = 0
-    for source, column in (("prediction", "hc_mm"), ("ground_truth", "label_hc_mm")):
-        diffs = [
-            float(r[column]) - reference[r["name"]]
-            for r in records
-            if r.get(column) is not None and r["name"] in reference
-        ]
-        if source == "prediction":
-            summary["n"] = len(diffs)
-            missing = len(records) - len(diffs)
-        summary[source] = {
-            "mean_abs_diff_mm": float(np.mean(np.abs(diffs))) if diffs else None,
-            "mean_diff_mm": float(np.mean(diffs)) if diffs else None,
-            "max_abs_diff_mm": float(np.max(np.abs(diffs))) if diffs else None,
-        }
-    summary["missing"] = missing
+    for source, prefix in (("prediction", ""), ("ground_truth", "label_")):
+        measured = [r for r in records if r.get(f"{prefix}hc_mm") is not None and r["name"] in reference]
+        diffs = [float(r[f"{prefix}hc_mm"]) - reference[r["name"]] for r in measured]
+        kept = [d for r, d in zip(measured, diffs, strict=True) if r.get(f"{prefix}hc_reliable") is not False]
+        summary[source] = _difference_summary(diffs)
+        summary[f"{source}_reliable"] = _difference_summary(kept)
+    summary["n"] = summary["prediction"]["n"]
+    summary["missing"] = len(records) - summary["n"]
+    summary["flagged"] = summary["prediction"]["n"] - summary["prediction_reliable"]["n"]
+    summary["limit_mm"] = HC_ERROR_LIMIT_MM
     return summary
 
 
 def format_hc_agreement(summary: Mapping[str, Any]) -> str:
-    """One line: the HC mean absolute differences of :func:`hc_agreement`."""
+    """One line: the HC mean absolute differences of :func:`hc_agreement`, and without the flagged HCs."""
 
     def part(source: str, what: str) -> str:
         value = summary[source]["mean_abs_diff_mm"]
-        return f"{what} {value:.2f} mm" if value is not None else f"{what} n/a"
+        if value is None:
+            return f"{what} n/a"
+        over = summary[source]["over_limit"]
+        return f"{what} {value:.2f} mm ({over} over {summary['limit_mm']:g} mm)"
 
     text = (
         f"HC vs reference ({summary['n']} image(s)): mean absolute difference "
         f"{part('prediction', 'prediction')}, {part('ground_truth', 'ground-truth masks')}"
     )
+    if summary["flagged"]:
+        text += (
+            f"; {summary['flagged']} prediction(s) flagged unreliable, without them "
+            f"{part('prediction_reliable', 'prediction')}"
+        )
     if summary["missing"]:
         text += f"; {summary['missing']} image(s) without a reference or a spacing left out"
     return text + "."
@@ -477,7 +476,7 @@ def evaluate_model(
         spacing_lookup: pixel sizes for images whose files carry none (see :func:`read_pixel_size_csv`).
         batch_size: images per forward pass.
         keep_cases: keep the masks of this many best and worst images by Dice (for a report); 0 keeps none.
-        head_labels: the head label's name(s) for the HC columns (see :func:`biometry_columns`).
+        head_labels: the head label's name(s) for the HC columns (see :func:`sscase_monai.biometry.biometry_columns`).
         reference_hc: reference HCs by image stem (:func:`read_reference_csv`): adds ``reference_hc_mm``,
             ``hc_abs_diff_mm`` and ``label_hc_abs_diff_mm`` columns and :attr:`EvaluationResult.hc_reference`.
 
@@ -493,7 +492,7 @@ def evaluate_model(
         raise ValueError("no labelled images to evaluate")
     num_classes = predictor.spec.num_classes
     images = [str(pair["image"]) for pair in pairs]
-    predictions, labels, spacings, sources = [], [], [], []
+    predictions, labels, spacings, sources, measured = [], [], [], [], []
     stream = predictor.predict_many(images, batch_size=batch_size, tta=tta)
     for count, (pair, prediction) in enumerate(zip(pairs, stream, strict=True), start=1):
         label = read_label(pair["label"], num_classes)
@@ -503,6 +502,13 @@ def evaluate_model(
                 f"(H, W) = {prediction.mask.shape}"
             )
         spacing, source = resolve_pixel_spacing(pair["image"], prediction.geometry, spacing_lookup)
+        # measured here, while the probabilities are at hand (they add the HC's uncertainty check)
+        measured.append(
+            biometry.biometry_columns(
+                prediction.mask, spacing, predictor.spec.labels, head_labels, probabilities=prediction.probabilities
+            )
+            | biometry.biometry_columns(label, spacing, predictor.spec.labels, head_labels, prefix="label_")
+        )
         predictions.append(prediction.mask.astype(np.uint8))
         labels.append(label)
         spacings.append(spacing)
@@ -512,10 +518,8 @@ def evaluate_model(
     unit = "mm" if all(s is not None for s in spacings) else "px"
     metrics = segmentation_metrics(predictions, labels, num_classes, spacing=spacings if unit == "mm" else None)
     records = [
-        _record(pair, p, t, num_classes, s, src, unit)
-        | biometry_columns(p, s, predictor.spec.labels, head_labels)
-        | biometry_columns(t, s, predictor.spec.labels, head_labels, prefix="label_")
-        for pair, p, t, s, src in zip(pairs, predictions, labels, spacings, sources, strict=True)
+        _record(pair, p, t, num_classes, s, src, unit) | columns
+        for pair, p, t, s, src, columns in zip(pairs, predictions, labels, spacings, sources, measured, strict=True)
     ]
     hc_reference = None
     if reference_hc is not None:

@@ -354,13 +354,3 @@ def prediction_path(image_path: str | os.PathLike, out_dir: str | os.PathLike, e
     ext = extension or io.image_extension(image_path)
     ext = {".jpg": ".png", ".jpeg": ".png", ".dcm": ".nrrd", ".dicom": ".nrrd", ".nhdr": ".nrrd"}.get(ext, ext)
     return Path(out_dir) / f"{io.image_stem(image_path)}{ext}"
-
-
-def describe(prediction: Prediction, spec: ModelSpec) -> dict[str, Any]:
-    """Per-label pixel counts and area (mm^2 where the geometry has a spacing) of a prediction."""
-    row_mm, col_mm = prediction.geometry.pixel_spacing_hw
-    out: dict[str, Any] = {}
-    for name, value in spec.labels.items():
-        pixels = int((prediction.mask == value).sum())
-        out[name] = {"pixels": pixels, "area_mm2": round(pixels * row_mm * col_mm, 3)}
-    return out

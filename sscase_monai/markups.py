@@ -5,7 +5,8 @@ markups in): one document with a list of markups, each with a ``type`` (``Line``
 ``coordinateSystem`` and its ``controlPoints``. Points are written in ``LPS``, as Slicer writes its own files (and as
 ITK and the image files count); Slicer converts them to RAS on loading. Drag the file onto Slicer's window (or
 ``File > Add Data``, or ``slicer.util.loadMarkups(path)`` in its Python console): a ``TCD`` line whose length Slicer
-shows and an ``HC`` closed curve, both on the image they were measured on.
+shows and an ``HC`` closed curve, both on the image they were measured on, each named with its value, unit and
+reliability (``TCD 31.4 mm``, ``HC 172.3 mm (unreliable)``).
 """
 
 from __future__ import annotations
@@ -104,15 +105,24 @@ def markups_document(markups: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"@schema": MARKUPS_SCHEMA, "markups": [dict(m) for m in markups]}
 
 
+def _description(what: str, value: float, unit: str, suffix: str, measured: Mapping[str, Any]) -> str:
+    text = f"{what} {value:.2f} {unit}{suffix}"
+    if measured.get("reliable") is False:
+        text += "; unreliable: " + "; ".join(measured.get("reasons") or ())
+    return text
+
+
 def biometry_markups(biometry: Mapping[str, Any]) -> dict[str, Any] | None:
     """The markups document of a :func:`sscase_monai.biometry.measure_biometry` result, or ``None`` if it has
     nothing to draw.
 
-    A ``TCD`` line between the TCD's two end points and an ``HC`` closed curve along the fitted ellipse, each named
-    with its value and unit (``TCD 31.4 mm``: the name is what Slicer shows beside the markup and in its lists).
-    Slicer measures a line's length in its own world unit, the image file's spacing: where the spacing comes from
-    elsewhere (``spacing_source`` other than ``"file"``: a pixel size given with the request, or none), that length
-    would disagree with the name, so Slicer's own length measurement is turned off.
+    A ``TCD`` line between the TCD's two end points and an ``HC`` closed curve along the fitted ellipse. Each node's
+    name carries its value and unit and, when the measurement is flagged, ``(unreliable)``
+    (:func:`sscase_monai.biometry.format_measurements`: what Slicer shows in its lists and views); the description
+    adds the reasons. A length in pixels (an image without spacing) has the unit ``px``. Slicer measures a line's
+    length in its own world unit, the image file's spacing: where the spacing comes from elsewhere
+    (``spacing_source`` other than ``"file"``: a pixel size given with the request, or none), that length would
+    disagree with the name, so Slicer's own length measurement is turned off.
     """
     unit = biometry.get("unit", "mm")
     texts = format_measurements(biometry)
@@ -129,7 +139,7 @@ def biometry_markups(biometry: Mapping[str, Any]) -> dict[str, Any] | None:
                 tcd["endpoints_ras"],
                 labels=["TCD-1", "TCD-2"],
                 color=TCD_COLOR,
-                description=f"transverse cerebellar diameter {length:.2f} {unit}{suffix}",
+                description=_description("transverse cerebellar diameter", length, unit, suffix, tcd),
                 measurement="length" if slicer_length else None,
             )
         )
@@ -141,8 +151,9 @@ def biometry_markups(biometry: Mapping[str, Any]) -> dict[str, Any] | None:
                 "ClosedCurve",
                 f"HC {texts['HC']}",
                 hc["curve_ras"],
+                labels=[f"HC-{i}" for i in range(1, len(hc["curve_ras"]) + 1)],
                 color=HC_COLOR,
-                description=f"head circumference (ellipse fit) {circumference:.2f} {unit}{suffix}",
+                description=_description("head circumference (ellipse fit)", circumference, unit, suffix, hc),
                 measurement="length" if slicer_length else None,
             )
         )

@@ -127,7 +127,8 @@ def test_run_returns_tcd_in_mm_and_markups_slicer_loads_at_the_expected_ras(serv
     document.write_text(json.dumps(params["markups"]))
     assert "markups_file" not in params  # no server-side copy: the measurement model returns the file itself
     (line,) = load_markups(document)
-    assert line.class_name == "vtkMRMLMarkupsLineNode" and line.name == f"TCD {tcd['length_mm']:.1f} mm"
+    assert line.class_name == "vtkMRMLMarkupsLineNode"
+    assert line.name == f"TCD {tcd['length_mm']:.1f} mm" + ("" if tcd["reliable"] else " (unreliable)")
     np.testing.assert_allclose(line.points_ras, expected, atol=1e-3)
     assert line.length == pytest.approx(feret.length, abs=1e-3)  # Slicer measures the same length
 

@@ -183,9 +183,10 @@ def test_command_runs_as_a_module(tmp_path, model):
 
 
 def square_hc_mm(side: int, spacing: float) -> float:
-    """HC of a filled square of ``side`` pixels: its moment ellipse is a circle of radius 2 sqrt((n^2 - 1) / 12)."""
-    radius = 2 * math.sqrt((side * side - 1) / 12) * spacing
-    return biometry.ramanujan_perimeter(radius, radius)
+    """The library's HC of :func:`dataset`'s square label of ``side`` pixels (the ellipse fitted to its boundary)."""
+    mask = np.zeros((H, W), np.uint8)
+    mask[10 : 10 + side, 20 : 20 + side] = 1
+    return biometry.ellipse_circumference_mm(mask, spacing)
 
 
 def test_tcd_and_hc_columns_and_the_mean_absolute_hc_difference_from_a_reference(tmp_path, model, capsys):
@@ -219,7 +220,15 @@ def test_tcd_and_hc_columns_and_the_mean_absolute_hc_difference_from_a_reference
     refs = [float(r["reference_hc_mm"]) for r in rows]
     prediction_mad = float(np.mean([abs(predicted - ref) for ref in refs]))
     assert f"HC vs reference (4 image(s)): mean absolute difference prediction {prediction_mad:.2f} mm" in out
-    assert f"ground-truth masks {np.mean(np.abs(offsets)):.2f} mm." in out
+    assert f"ground-truth masks {np.mean(np.abs(offsets)):.2f} mm (0 over 5 mm)" in out
+    # the whole-image prediction runs past the image edge: flagged, and said so
+    assert {r["hc_reliable"] for r in rows} == {"False"} and "touches the image edge" in rows[0]["hc_reasons"]
+    # the measurement columns are the library's (the ones predict writes), for the prediction and the ground truth
+    for prefix in ("", "label_"):
+        measurement = list(biometry.biometry_columns(None, None, {"head": 1}, prefix=prefix))
+        start = list(rows[0]).index(measurement[0])
+        assert list(rows[0])[start : start + len(measurement)] == measurement
+    assert "4 prediction(s) flagged unreliable" in out
     bad = tmp_path / "bad.csv"
     bad.write_text("filename,pixel_size_mm\ncase_0.png,0.5\n")
     assert main([*args, "--model", str(head), "--reference-csv", str(bad)]) == 2

@@ -225,3 +225,27 @@ def test_real_hc18_images_get_mm_from_the_challenge_table(shared_data, models):
         label = read_label(record["label"], 2)
         assert (record["height"], record["width"]) == label.shape
         assert record["dice"] == pytest.approx(2 * label.sum() / (label.sum() + label.size))
+
+
+def test_hc_agreement_with_and_without_the_flagged_hcs():
+    from sscase_monai.evaluation import format_hc_agreement, hc_agreement
+
+    reference = {"a": 100.0, "b": 150.0, "c": 200.0, "d": 250.0}
+    records = [
+        {"name": "a", "hc_mm": 101.0, "hc_reliable": True, "label_hc_mm": 100.1, "label_hc_reliable": True},
+        {"name": "b", "hc_mm": 158.0, "hc_reliable": False, "label_hc_mm": 150.1, "label_hc_reliable": True},
+        {"name": "c", "hc_mm": 197.0, "hc_reliable": True, "label_hc_mm": 199.9, "label_hc_reliable": True},
+        {"name": "d", "hc_mm": None, "hc_reliable": None, "label_hc_mm": 250.0, "label_hc_reliable": True},
+        {"name": "e", "hc_mm": 90.0, "hc_reliable": True},  # no reference
+    ]
+    summary = hc_agreement(records, reference)
+    assert summary["n"] == 3 and summary["missing"] == 2 and summary["flagged"] == 1 and summary["limit_mm"] == 5.0
+    everything, kept = summary["prediction"], summary["prediction_reliable"]
+    assert everything["mean_abs_diff_mm"] == pytest.approx(4.0) and everything["over_limit"] == 1
+    assert everything["median_abs_diff_mm"] == pytest.approx(3.0) and everything["max_abs_diff_mm"] == 8.0
+    assert kept["n"] == 2 and kept["mean_abs_diff_mm"] == pytest.approx(2.0) and kept["over_limit"] == 0
+    assert summary["ground_truth"]["n"] == 4
+    assert summary["ground_truth"]["mean_abs_diff_mm"] == pytest.approx(0.075)
+    text = format_hc_agreement(summary)
+    assert "prediction 4.00 mm (1 over 5 mm)" in text
+    assert "1 prediction(s) flagged unreliable, without them prediction 2.00 mm (0 over 5 mm)" in text

@@ -130,6 +130,11 @@ def test_multi_class_masks_hold_label_values_and_a_table_gives_png_areas(scans, 
     assert np.all(mask == 2)
     row = read_rows(out / "predictions.csv")["s_png.png"]
     assert "tcd_mm" not in row  # no label named cerebellum
+    # the measurement columns are the library's, the ones evaluate writes
+    measurement = list(biometry.biometry_columns(None, None, {"pubic_symphysis": 1, "head": 2}))
+    columns = list(row)
+    assert columns[columns.index("spacing_source") + 1 : columns.index("confidence_fraction")] == measurement
+    assert row["hc_reliable"] in ("True", "False")
     assert row["spacing_source"] == "table"
     assert int(row["head_pixels"]) == H * W and int(row["pubic_symphysis_pixels"]) == 0
     assert float(row["head_area_mm2"]) == pytest.approx(H * W * 0.25)

@@ -43,12 +43,15 @@ Labels are read with the model's classes: {{0, 1}} or {{0, 255}} for a binary mo
 image and label is checked before the model runs; a missing, unreadable or wrongly-valued label is an error naming
 the file.
 
-Biometry: a model with a "cerebellum" label gets per image tcd_mm (prediction) and label_tcd_mm (ground truth), a
-model with a head label (--head-label) hc_mm and label_hc_mm, for images with a pixel spacing (TCD: largest width
-of the largest component, end points on the outer pixel edges; HC: perimeter of the fitted ellipse).
+Biometry (the columns of `sscase-monai predict`, for the prediction and, prefixed label_, the ground truth): per
+label its pixels and area in mm^2; a model with a "cerebellum" label gets tcd_mm, a model with a head label
+(--head-label) hc_mm, for images with a pixel spacing (TCD: largest width of the largest component, end points on
+the outer pixel edges; HC: perimeter of the ellipse fitted to the head's boundary, leaks and bites left out), each
+with tcd_reliable / hc_reliable and tcd_reasons / hc_reasons (why a measurement should not be trusted).
 --reference-csv FILE (HC18's pixel_size_and_hc.csv: filename, head_circumference_mm) adds reference_hc_mm,
 hc_abs_diff_mm and label_hc_abs_diff_mm and prints the mean absolute HC difference of the predictions and of the
-ground-truth masks (the ellipse-fit estimator's floor) from the reference.
+ground-truth masks (the estimator's floor) from the reference, with the count over 5 mm, and again without the
+predictions flagged unreliable.
 
 Written:
   --csv FILE       per-image values (name, image, label, size, spacing, metrics as fractions, hd95 and its unit,

@@ -50,8 +50,11 @@ OUT/predictions.csv has one row per image: file, mask, pixel spacing and where i
 per label its pixel count and area in mm^2 (empty when the spacing is unknown), tcd_mm (the transverse cerebellar
 diameter: the largest width of the largest cerebellum component, end points on the outer pixel edges, i.e. its
 maximum Feret diameter; for a label named "cerebellum"), hc_mm (the head circumference: Ramanujan perimeter of the
-ellipse fitted to the head label, the first of --head-label the model has), both empty when the spacing is unknown,
-confidence_fraction (share of pixels whose class probability is >= {confidence}), and error (why an image was skipped).
+ellipse fitted to the head label's boundary, leaks and bites left out; the first of --head-label the model has),
+both empty when the spacing is unknown, each with tcd_reliable / hc_reliable (False when the measurement should not
+be trusted) and tcd_reasons / hc_reasons (why, e.g. "head mask touches the image edge"), confidence_fraction
+(share of pixels whose class probability is >= {confidence}), and error (why an image was skipped). The
+measurement columns are those of `sscase-monai evaluate`.
 
 PNG and JPEG carry no pixel spacing: give one with --pixel-size-csv FILE (columns filename,pixel_size_mm, as HC18's
 pixel_size_and_hc.csv). Without it, a table is looked for as in `sscase-monai evaluate` (pixel_size_and_hc.csv or
@@ -252,12 +255,11 @@ def prediction_row(
     error: str = "",
     head_labels: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """One row of ``predictions.csv`` (the same columns for a skipped image, left empty)."""
-    import numpy as np
+    """One row of ``predictions.csv`` (the same columns for a skipped image, left empty).
 
-    from sscase_monai.biometry import HEAD_LABELS
-    from sscase_monai.evaluation import biometry_columns
-    from sscase_monai.inference import describe
+    The measurement columns are :func:`sscase_monai.biometry.biometry_columns`, the ones ``evaluate`` writes.
+    """
+    from sscase_monai.biometry import HEAD_LABELS, biometry_columns
 
     row: dict[str, Any] = {
         "file": str(path),
@@ -266,17 +268,11 @@ def prediction_row(
         "spacing_col_mm": spacing[1] if spacing else "",
         "spacing_source": source,
     }
-    counts = describe(prediction, spec) if prediction is not None else {}
-    for name in spec.labels:
-        pixels = counts[name]["pixels"] if prediction is not None else ""
-        row[f"{name}_pixels"] = pixels
-        # describe()'s area assumes the geometry's spacing (1 x 1 for PNG); use the resolved spacing instead
-        row[f"{name}_area_mm2"] = round(pixels * spacing[0] * spacing[1], 3) if spacing and pixels != "" else ""
     heads = HEAD_LABELS if head_labels is None else head_labels
-    if prediction is not None:
-        row |= biometry_columns(prediction.mask, spacing, spec.labels, heads)
-    else:  # the same columns, empty
-        row |= {k: None for k in biometry_columns(np.zeros((1, 1), np.uint8), None, spec.labels, heads)}
+    if prediction is None:
+        row |= biometry_columns(None, spacing, spec.labels, heads)
+    else:
+        row |= biometry_columns(prediction.mask, spacing, spec.labels, heads, probabilities=prediction.probabilities)
     row["confidence_fraction"] = round(prediction.confidence(PSEUDO_LABELS.confidence), 6) if prediction else ""
     row["error"] = error
     return row

@@ -39,6 +39,7 @@ def starter_model(labels: dict[str, int]) -> str | None:
     """The bundled model for exactly these labels, or ``None``."""
     return STARTER_MODELS.get(json.dumps(labels))
 
+
 DEFAULT_STRATEGY = "diversity"
 """Next Sample's strategy when a request names none (and Slicer's first choice): the best in the HC18 active-learning
 simulation (``bench/RESULTS.md``, "Active learning on HC18 (issue #12)"); ``random`` when scoring is off."""
