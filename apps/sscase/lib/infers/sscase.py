@@ -91,6 +91,10 @@ def measurement_spacing(
     return None, "none"
 
 
+def _array(value: Any) -> np.ndarray | None:
+    return None if value is None else np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value)
+
+
 class NoModelError(HTTPException):
     """409: no trained model exists yet (never run random weights)."""
 
@@ -190,7 +194,8 @@ class SSCASEInfer(BasicInferTask):
         return ProbabilityInferer(tta=bool(strtobool(str(tta))))
 
     def post_transforms(self, data: dict | None = None) -> Sequence[Callable]:
-        return [RestoreToOriginald(keys="pred", ref_image="image", probabilities_key=None)]
+        # the probabilities on the image's grid too: the HC's reliability check reads them, as in predict / evaluate
+        return [RestoreToOriginald(keys="pred", ref_image="image", probabilities_key="probabilities")]
 
     def writer(self, data: dict, extension: str | None = None, dtype: str | None = None) -> tuple[str, dict]:
         extension = data.get("result_extension") or extension or ".nrrd"
@@ -214,7 +219,9 @@ class SSCASEInfer(BasicInferTask):
         """``biometry`` of the mask and, unless turned off, its ``markups`` document."""
         geometry: io.ImageGeometry = data["geometry"]
         spacing, source = measurement_spacing(data.get("image_path") or "", geometry, data.get("pixel_size_mm"))
-        measured = biometry.measure_biometry(mask, geometry, labels, spacing, head=self.head_labels)
+        measured = biometry.measure_biometry(
+            mask, geometry, labels, spacing, head=self.head_labels, probabilities=_array(data.get("probabilities"))
+        )
         measured["spacing_source"] = source
         if spacing is None:
             measured["spacing_note"] = (
