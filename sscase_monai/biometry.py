@@ -77,10 +77,10 @@ ground-truth masks (``bench/RESULTS.md``; edge-pixel centres lie half a pixel in
 ROBUST_TOLERANCE_PX = 2.0
 ROBUST_TOLERANCE_RELATIVE = 0.04
 """A boundary point counts for the robust fit within max(2 pixels, 4 % of the mean semi-axis) of the ellipse: above
-the contour's pixel noise and a model mask's wobble, below a leak or a bite. Chosen on HC18 val
-(``bench/RESULTS.md``, "Head circumference on HC18"): of 2, 3, 4 and 6 %, 4 % gave the model masks' smallest HC error
-(mean abs. 3.43 mm, 13 of 87 over 5 mm, vs 3.72 mm and 19 at 2 %) while leaks, bites and edge cuts of the ground
-truth stay within 0.5 mm."""
+the contour's pixel noise and a model mask's wobble, below a leak or a bite. Chosen on HC18 val (``bench/RESULTS.md``,
+"Head circumference on HC18": 2, 3, 4 and 6 % side by side): 4 % gave the fewest model HCs over 5 mm (stage-1
+checkpoint 13 of 87, final 256 model 7 of 87) while leaks, bites and edge cuts of the ground truth stay within
+0.5 mm."""
 
 UNCERTAINTY_LEVELS: tuple[float, float] = (0.25, 0.75)
 """The probability contours whose HCs bound the HC's uncertainty (:attr:`HeadMeasurement.uncertainty_pct`)."""
@@ -97,12 +97,12 @@ class ReliabilityLimits:
     """Where a measurement stops being reliable (``math.inf``: the check is off).
 
     The defaults (:data:`RELIABILITY_LIMITS`) were chosen on HC18 val by ``bench/hc18_biometry.py``
-    (``bench/RESULTS.md``, "Head circumference on HC18", each check swept alone and together): with a stage-1
-    256-input model, uncertainty 4 % + outliers 20 % + mismatch 6 % + residual 5 % flag 12 of its 13 HCs that are > 5 mm
-    off and 29 of its 74 good ones, leaving 1 of 46 unflagged HCs over 5 mm; without probabilities (the shape checks
-    alone) 7 of 13 and 10 of 74. The inlier residual flags almost every model mask (their outlines are not ellipses)
-    and is off. No head on val is cut by the image edge or comes in pieces: those limits are judgement (any part of
-    the ellipse outside the image; a second piece of 10 %).
+    (``bench/RESULTS.md``, "Head circumference on HC18", each check swept alone): on a stage-1 checkpoint of the 256
+    model they flag 12 of its 13 HCs > 5 mm off and 29 of its 74 good ones, and catch leaks, bites and edge cuts of the
+    ground truth with no false flag on it. On the final model they catch only 1 of its 7 misses (all masks too small
+    all round, which no shape check sees): see the notes there. The inlier residual flags almost every model mask
+    (their outlines are not ellipses) and is off. No head on val is cut by the image edge or comes in pieces: those
+    two limits are judgement (any part of the ellipse outside the image; a second piece of 10 %).
 
     Attributes:
         boundary_residual_pct: RMS distance of the head's boundary to its ellipse, % of the mean semi-axis.
