@@ -21,6 +21,19 @@ DEFAULT_THRESHOLD = 0.5
 """Binary foreground where the probability is above this (the method's)."""
 
 
+def check_activation(activation: str) -> None:
+    """Fail early on an activation name that :func:`probabilities_from_logits` would refuse.
+
+    Args:
+        activation: the name to check.
+
+    Raises:
+        ValueError: ``activation`` is not one of :data:`ACTIVATIONS`.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
 def probabilities_from_logits(logits: torch.Tensor, activation: str = "auto", dim: int = 1) -> torch.Tensor:
     """Class probabilities from network outputs.
 
@@ -41,9 +54,8 @@ def probabilities_from_logits(logits: torch.Tensor, activation: str = "auto", di
         return torch.sigmoid(logits)
     if activation == "softmax":
         return torch.softmax(logits, dim=dim)
-    if activation == "none":
-        return logits
-    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    check_activation(activation)
+    return logits  # activation == "none"
 
 
 def class_indices(

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from sscase_monai.method import TTA_VIEWS
-from sscase_monai.probabilities import ACTIVATIONS, probabilities_from_logits
+from sscase_monai.probabilities import check_activation, probabilities_from_logits
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,30 @@ def resolve_tta_transforms(transforms: Sequence[str], height: int, width: int) -
     return names
 
 
-def _predict_in_chunks(predictor: Predictor, batch: torch.Tensor, max_batch_size: int | None) -> torch.Tensor:
+def check_max_batch_size(max_batch_size: int | None) -> None:
+    """Fail early on a ``max_batch_size`` that :func:`predict_in_chunks` cannot use.
+
+    Args:
+        max_batch_size: the most images per forward pass, or ``None`` for no limit.
+
+    Raises:
+        ValueError: ``max_batch_size`` is below 1.
+    """
+    if max_batch_size is not None and max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size!r}")
+
+
+def predict_in_chunks(predictor: Predictor, batch: torch.Tensor, max_batch_size: int | None) -> torch.Tensor:
+    """Run ``predictor`` on ``batch`` in chunks of at most ``max_batch_size`` images and join the outputs.
+
+    Args:
+        predictor: maps a batch to outputs with the same first dimension.
+        batch: the inputs, batch first.
+        max_batch_size: the most images per call; ``None`` sends the whole batch at once.
+
+    Returns:
+        The outputs, concatenated along the batch dimension.
+    """
     if max_batch_size is None or batch.shape[0] <= max_batch_size:
         return predictor(batch)
     return torch.cat([predictor(chunk) for chunk in torch.split(batch, max_batch_size)], dim=0)
@@ -139,15 +162,13 @@ def tta_views(
     """
     if images.ndim != 4:
         raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if max_batch_size is not None and max_batch_size < 1:
-        raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size!r}")
+    check_activation(activation)
+    check_max_batch_size(max_batch_size)
     names = resolve_tta_transforms(transforms, images.shape[-2], images.shape[-1])
     batch_size = images.shape[0]
     with torch.no_grad():
         batch = torch.cat([apply_view(name, images) for name in names], dim=0)
-        output = _predict_in_chunks(predictor, batch, max_batch_size)
+        output = predict_in_chunks(predictor, batch, max_batch_size)
         if output.ndim != 4 or output.shape[0] != len(names) * batch_size:
             raise ValueError(
                 f"predictor returned shape {tuple(output.shape)} for {len(names) * batch_size} views; "

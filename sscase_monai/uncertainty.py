@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from sscase_monai.method import TTA_VIEWS
-from sscase_monai.probabilities import ACTIVATIONS, probabilities_from_logits
-from sscase_monai.tta import Predictor, tta_disagreement, tta_views
+from sscase_monai.probabilities import check_activation, probabilities_from_logits
+from sscase_monai.tta import Predictor, check_max_batch_size, predict_in_chunks, tta_disagreement, tta_views
 
 logger = logging.getLogger(__name__)
 
@@ -122,17 +122,14 @@ def mc_dropout_entropy(
         raise ValueError(f"images must be (B, C, ...), got shape {tuple(images.shape)}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples!r}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if max_batch_size is not None and max_batch_size < 1:
-        raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size!r}")
+    check_activation(activation)
+    check_max_batch_size(max_batch_size)
     batch_size = images.shape[0]
     repeated = images.repeat(num_samples, *([1] * (images.ndim - 1)))  # sample-major: [s0 b0..bB, s1 b0..bB, ...]
     with _seeded(seed, images.device), _mc_dropout_mode(model) as dropout_layers, torch.no_grad():
         if dropout_layers == 0:
             logger.warning("mc_dropout_entropy: the model has no dropout layer; the score is deterministic")
-        chunks = [repeated] if max_batch_size is None else torch.split(repeated, max_batch_size)
-        probabilities = probabilities_from_logits(torch.cat([model(chunk) for chunk in chunks], dim=0), activation)
+        probabilities = probabilities_from_logits(predict_in_chunks(model, repeated, max_batch_size), activation)
     mean_probability = probabilities.reshape(num_samples, batch_size, *probabilities.shape[1:]).mean(dim=0)
     return predictive_entropy(mean_probability).flatten(start_dim=1).mean(dim=1)
 
