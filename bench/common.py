@@ -138,15 +138,17 @@ def serve_worker(workers: Mapping[str, Callable[[dict[str, Any]], Any]], kind: s
 
 
 def speed_main(
-    description: str,
+    doc: str,
     workers: Mapping[str, Callable[[dict[str, Any]], Any]],
     measure: Callable[[Plan, int, dict[str, str]], Any],
     report: Callable[[Any, Plan], list[str]],
     argv: Sequence[str] | None = None,
 ) -> int:
     """The command line every speed benchmark shares: ``--quick`` (:data:`QUICK` instead of :data:`FULL`),
-    ``--threads``, ``--omp-passive`` and the hidden ``--worker`` of :func:`run_worker`; prints ``report``'s lines."""
-    parser = argparse.ArgumentParser(description=description)
+    ``--threads``, ``--omp-passive`` and the hidden ``--worker`` of :func:`run_worker`; prints ``report``'s lines.
+
+    ``doc`` is the script's module docstring; its first paragraph is the ``--help`` description."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--omp-passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE in every measured process")

@@ -376,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def report(result: dict[str, Any], plan: Plan) -> list[str]:
         return report_lines(result, asdict(plan))
 
-    return speed_main(__doc__.split("\n\n")[0], WORKERS, measure, report, argv)
+    return speed_main(__doc__, WORKERS, measure, report, argv)
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ WORKERS = {"train": worker_train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return speed_main(__doc__.split("\n\n")[0], WORKERS, measure, lambda result, plan: report_lines(result), argv)
+    return speed_main(__doc__, WORKERS, measure, lambda result, plan: report_lines(result), argv)
 
 
 if __name__ == "__main__":
