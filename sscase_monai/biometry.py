@@ -48,7 +48,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 from skimage import measure
 
-from sscase_monai.io import ImageGeometry
+from sscase_monai.io import ImageGeometry, mask_2d, mask_for_image
 
 logger = logging.getLogger(__name__)
 
@@ -200,9 +200,7 @@ def normalize_spacing(spacing: SpacingLike) -> tuple[float, float]:
 
 
 def _binary(mask: np.ndarray, label: int | None) -> np.ndarray:
-    mask = np.asarray(mask)
-    if mask.ndim == 3 and mask.shape[0] == 1:
-        mask = mask[0]
+    mask = mask_2d(mask)
     if mask.ndim != 2:
         raise ValueError(f"expected an (H, W) mask, got shape {mask.shape}")
     return mask != 0 if label is None else mask == label
@@ -906,9 +904,7 @@ def measure_mask(
         probabilities: the prediction's ``(C, H, W)`` class probabilities (:func:`class_probability`), when known:
             adds the HC's uncertainty check.
     """
-    mask = np.asarray(mask)
-    if mask.ndim == 3 and mask.shape[0] == 1:
-        mask = mask[0]
+    mask = mask_2d(mask)
     known = spacing is not None
     grid = normalize_spacing(spacing) if known else (1.0, 1.0)
     areas = {
@@ -1021,11 +1017,7 @@ def measure_biometry(
         a row, towards its J axis), ``centre_ras``, ``major_axis_ras`` (unit vector), ``curve_ras``, ``reliable``,
         ``reasons``, ``checks`` (the figures the flag is made of), ``definition``.
     """
-    mask = np.asarray(mask)
-    if mask.ndim == 3 and mask.shape[0] == 1:
-        mask = mask[0]
-    if mask.shape != geometry.shape_hw:
-        raise ValueError(f"mask of shape {mask.shape} does not fit an image of shape {geometry.shape_hw}")
+    mask = mask_for_image(mask, geometry)
     measured = measure_mask(mask, spacing, labels, cerebellum, head, probabilities=probabilities)
     unit = measured.unit
     row_mm, col_mm = measured.spacing or (1.0, 1.0)

@@ -271,13 +271,41 @@ def check_not_blank(array: np.ndarray, source: str | os.PathLike) -> None:
         raise ImageReadError(f"{source}: the image is blank (every pixel has the same value): nothing to segment")
 
 
-def mask_to_image(mask: np.ndarray, geometry: ImageGeometry) -> sitk.Image:
-    """Place a ``(H, W)`` mask on an image's grid (2-D, or ``W x H x 1`` when the image was a single-slice volume)."""
+def mask_2d(mask: np.ndarray) -> np.ndarray:
+    """A mask as an array, a ``(1, H, W)`` one squeezed to ``(H, W)``; other shapes are returned as they are.
+
+    Args:
+        mask: ``(H, W)`` or ``(1, H, W)`` mask (array-like).
+
+    Returns:
+        The mask as a numpy array.
+    """
     mask = np.asarray(mask)
-    if mask.ndim == 3 and mask.shape[0] == 1:
-        mask = mask[0]
+    return mask[0] if mask.ndim == 3 and mask.shape[0] == 1 else mask
+
+
+def mask_for_image(mask: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
+    """A ``(H, W)`` or ``(1, H, W)`` mask as ``(H, W)``, checked to fit the image's grid.
+
+    Args:
+        mask: the mask (array-like).
+        geometry: the image it belongs to.
+
+    Returns:
+        The ``(H, W)`` mask.
+
+    Raises:
+        ValueError: the mask's shape is not the image's.
+    """
+    mask = mask_2d(mask)
     if mask.shape != geometry.shape_hw:
         raise ValueError(f"mask of shape {mask.shape} does not fit an image of shape {geometry.shape_hw}")
+    return mask
+
+
+def mask_to_image(mask: np.ndarray, geometry: ImageGeometry) -> sitk.Image:
+    """Place a ``(H, W)`` mask on an image's grid (2-D, or ``W x H x 1`` when the image was a single-slice volume)."""
+    mask = mask_for_image(mask, geometry)
     array = mask[None] if len(geometry.size) == 3 else mask
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))
     image.SetSpacing(geometry.spacing)
