@@ -11,12 +11,11 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
-import SimpleITK as sitk
-import torch
+from written_models import constant_model, write_image
 
 from sscase_monai import biometry
 from sscase_monai.cli import main
-from sscase_monai.model_files import ModelSpec, save_model
+from sscase_monai.model_files import ModelSpec
 
 SIDES = [8, 16, 24, 32]  # label squares in 60x72 images: an all-foreground model's Dice grows with the side
 H, W = 60, 72
@@ -25,28 +24,10 @@ HISTORY = (
 )
 
 
-def constant_model(path: Path, spec: ModelSpec, bias: list[float]) -> Path:
-    """A real network whose output layer ignores its input: every pixel gets the logits ``bias``."""
-    network = spec.build_network()
-    with torch.no_grad():
-        network.head.output.weight.zero_()
-        network.head.output.bias.copy_(torch.tensor(bias))
-    return save_model(path, network, spec)
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     path = constant_model(tmp_path_factory.mktemp("run") / "model.pt", ModelSpec(input_size=64), [10.0])
     (path.parent / "history.csv").write_text(HISTORY)
-    return path
-
-
-def write(path: Path, array: np.ndarray, spacing=None) -> Path:
-    image = sitk.GetImageFromArray(array)
-    if spacing is not None:
-        image.SetSpacing(spacing)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path))
     return path
 
 
@@ -61,8 +42,8 @@ def dataset(root: Path, ext: str = ".nii.gz", label_value: int = 1) -> tuple[Pat
             image, label, spacing = image[None], label[None], (0.5, 0.5, 1.0)
         else:
             spacing = None
-        write(root / "images" / f"case_{i}{ext}", image, spacing)
-        write(root / "labels" / f"case_{i}{ext}", label, spacing)
+        write_image(root / "images" / f"case_{i}{ext}", image, spacing)
+        write_image(root / "labels" / f"case_{i}{ext}", label, spacing)
     return root / "images", root / "labels"
 
 
@@ -149,11 +130,11 @@ def test_missing_and_bad_labels_are_errors_naming_the_file(tmp_path, model, caps
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "sscase-monai evaluate: error:" in err and "case_2.nii.gz" in err and "no label" in err
-    write(labels / "case_2.nii.gz", np.full((1, H, W), 7, np.uint8), (0.5, 0.5, 1.0))  # not a binary label
+    write_image(labels / "case_2.nii.gz", np.full((1, H, W), 7, np.uint8), (0.5, 0.5, 1.0))  # not a binary label
     assert main(args) == 2
     err = capsys.readouterr().err
     assert f"{labels / 'case_2.nii.gz'}: label values [7]" in err and "outside the 2 configured classes" in err
-    write(labels / "case_2.nii.gz", np.zeros((1, H - 1, W), np.uint8), (0.5, 0.5, 1.0))
+    write_image(labels / "case_2.nii.gz", np.zeros((1, H - 1, W), np.uint8), (0.5, 0.5, 1.0))
     assert main(args) == 2
     assert "has (H, W) = (59, 72)" in capsys.readouterr().err
 

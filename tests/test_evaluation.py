@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
-import torch
+from written_models import constant_model, write_image
 
 from sscase_monai import io
 from sscase_monai.data import pair_images_with_labels
@@ -28,24 +27,6 @@ from sscase_monai.model_files import ModelSpec, save_model
 SPACING_XY = (0.3, 0.4)  # ITK order (columns, rows): pixel_spacing_hw = (0.4, 0.3)
 
 
-def constant_model(path: Path, spec: ModelSpec, bias: list[float]) -> Path:
-    """A real network whose output layer ignores its input: every pixel gets the logits ``bias``."""
-    network = spec.build_network()
-    with torch.no_grad():
-        network.head.output.weight.zero_()
-        network.head.output.bias.copy_(torch.tensor(bias))
-    return save_model(path, network, spec)
-
-
-def write(path: Path, array: np.ndarray, spacing=None, volume: bool = False) -> Path:
-    image = sitk.GetImageFromArray(array[None] if volume else array)
-    if spacing is not None:
-        image.SetSpacing(tuple(spacing) + ((1.0,) if volume else ()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path))
-    return path
-
-
 def labelled_set(root: Path, sizes: list[int], ext: str = ".nii.gz", scale: int = 1) -> list[dict[str, str]]:
     """Images of 60x72 noise with a square label of each given side; returns pairs."""
     rng = np.random.default_rng(0)
@@ -55,8 +36,8 @@ def labelled_set(root: Path, sizes: list[int], ext: str = ".nii.gz", scale: int 
         label[10 : 10 + side, 20 : 20 + side] = scale
         volume = ext == ".nii.gz"
         spacing = SPACING_XY if volume else None
-        write(root / "images" / f"case_{i}{ext}", image, spacing, volume)
-        write(root / "labels" / f"case_{i}{ext}", label, spacing, volume)
+        write_image(root / "images" / f"case_{i}{ext}", image, spacing, volume=volume)
+        write_image(root / "labels" / f"case_{i}{ext}", label, spacing, volume=volume)
     return pair_images_with_labels(root / "images", root / "labels")
 
 
@@ -146,8 +127,8 @@ def test_multi_class_labels_use_the_models_classes(tmp_path, models):
     label = np.zeros((48, 40), np.uint8)
     label[5:20, 5:20] = 1
     label[25:45, 10:30] = 2
-    write(tmp_path / "images" / "a.png", rng.integers(0, 255, (48, 40), dtype=np.uint8))
-    write(tmp_path / "labels" / "a.png", label)
+    write_image(tmp_path / "images" / "a.png", rng.integers(0, 255, (48, 40), dtype=np.uint8))
+    write_image(tmp_path / "labels" / "a.png", label)
     pairs = pair_images_with_labels(tmp_path / "images", tmp_path / "labels")
     result = evaluate_model(Predictor.from_file(models["class1"], device="cpu"), pairs)
     record = result.records[0]
@@ -160,10 +141,10 @@ def test_multi_class_labels_use_the_models_classes(tmp_path, models):
 def test_bad_labels_and_sizes_name_the_file(tmp_path, models):
     pairs = labelled_set(tmp_path, [8])
     predictor = Predictor.from_file(models["untrained"], device="cpu")
-    write(Path(pairs[0]["label"]), np.full((60, 72), 3, np.uint8), SPACING_XY, volume=True)
+    write_image(Path(pairs[0]["label"]), np.full((60, 72), 3, np.uint8), SPACING_XY, volume=True)
     with pytest.raises(ValueError, match=r"case_0\.nii\.gz.*outside"):
         evaluate_model(predictor, pairs)
-    write(Path(pairs[0]["label"]), np.zeros((50, 72), np.uint8), SPACING_XY, volume=True)
+    write_image(Path(pairs[0]["label"]), np.zeros((50, 72), np.uint8), SPACING_XY, volume=True)
     with pytest.raises(ValueError, match=r"label .*case_0\.nii\.gz has \(H, W\) = \(50, 72\)"):
         evaluate_model(predictor, pairs)
     with pytest.raises(ValueError, match="no labelled images"):
@@ -198,10 +179,10 @@ def test_pixel_size_tables(tmp_path):
 
 def test_where_a_spacing_comes_from(tmp_path):
     array = np.zeros((10, 12), np.uint8)
-    nifti = write(tmp_path / "a.nii.gz", array, SPACING_XY, volume=True)
-    png = write(tmp_path / "b.png", array)
-    dicom_default = write(tmp_path / "c.dcm", array)
-    dicom = write(tmp_path / "d.dcm", array, (0.2, 0.2))
+    nifti = write_image(tmp_path / "a.nii.gz", array, SPACING_XY, volume=True)
+    png = write_image(tmp_path / "b.png", array)
+    dicom_default = write_image(tmp_path / "c.dcm", array)
+    dicom = write_image(tmp_path / "d.dcm", array, (0.2, 0.2))
     geometry = {p: io.read_image(p)[1] for p in (nifti, png, dicom_default, dicom)}
     assert file_pixel_spacing(nifti, geometry[nifti]) == pytest.approx((0.4, 0.3))
     assert file_pixel_spacing(png, geometry[png]) is None

@@ -10,23 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
+from written_models import constant_model, write_image
 
 from sscase_monai import biometry, io
 from sscase_monai.cli import main
-from sscase_monai.model_files import ModelSpec, save_model
+from sscase_monai.model_files import ModelSpec
 
 H, W = 60, 72  # not the network's size and not square: masks must come back on this grid
-
-
-def constant_model(path: Path, spec: ModelSpec, bias: list[float]) -> Path:
-    """A real network whose output layer ignores its input: every pixel gets the logits ``bias``."""
-    network = spec.build_network()
-    with torch.no_grad():
-        network.head.output.weight.zero_()
-        network.head.output.bias.copy_(torch.tensor(bias))
-    return save_model(path, network, spec)
 
 
 @pytest.fixture(scope="module")
@@ -40,30 +31,17 @@ def models(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def write(path: Path, array: np.ndarray, spacing=None, origin=None, direction=None) -> Path:
-    image = sitk.GetImageFromArray(array)
-    if spacing is not None:
-        image.SetSpacing(spacing)
-    if origin is not None:
-        image.SetOrigin(origin)
-    if direction is not None:
-        image.SetDirection(direction)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path))
-    return path
-
-
 @pytest.fixture
 def scans(tmp_path) -> Path:
     """One image per supported format; NIfTI as Slicer sends a 2-D scan (W x H x 1, rotated, off the origin)."""
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 255, (H, W), dtype=np.uint8)
     folder = tmp_path / "scans"
-    write(folder / "s_nii.nii.gz", gray[None], (0.3, 0.4, 1.0), (5.0, -7.0, 2.0), (0, 1, 0, -1, 0, 0, 0, 0, 1))
-    write(folder / "s_nrrd.nrrd", gray, (0.25, 0.25), (1.0, 2.0))
-    write(folder / "s_png.png", gray)
-    write(folder / "s_jpg.jpg", gray)
-    write(folder / "s_dcm.dcm", gray, (0.2, 0.2))
+    write_image(folder / "s_nii.nii.gz", gray[None], (0.3, 0.4, 1.0), (5.0, -7.0, 2.0), (0, 1, 0, -1, 0, 0, 0, 0, 1))
+    write_image(folder / "s_nrrd.nrrd", gray, (0.25, 0.25), (1.0, 2.0))
+    write_image(folder / "s_png.png", gray)
+    write_image(folder / "s_jpg.jpg", gray)
+    write_image(folder / "s_dcm.dcm", gray, (0.2, 0.2))
     return folder
 
 
@@ -190,7 +168,7 @@ def test_errors_name_the_file_and_exit_2(scans, tmp_path, models, capsys):
     assert "empty: no image files" in capsys.readouterr().err
     assert main(["predict", "--model", model, "--images", str(scans), "--out", str(scans)]) == 2
     assert "would overwrite the input image" in capsys.readouterr().err
-    write(scans / "s_png.jpg", np.zeros((H, W), np.uint8))  # s_png.jpg and s_png.png -> both s_png.png
+    write_image(scans / "s_png.jpg", np.zeros((H, W), np.uint8))  # s_png.jpg and s_png.png -> both s_png.png
     assert main(["predict", "--model", model, "--images", str(scans), "--out", str(tmp_path / "o")]) == 2
     assert "would both be written to" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing written before the checks pass
