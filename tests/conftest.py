@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,3 +20,23 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "hc18").is_dir():
         pytest.skip(f"real ultrasound data not found at {SHARED_DATA} (set SSCASE_SHARED_DATA or place ../shared)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test, restored afterwards: tiny models gain nothing from more, and several threads
+    on a CPU busy with other jobs were measured 10x slower (OpenMP threads waiting for each other)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def seeded_one_thread(one_thread: None) -> None:
+    """:func:`one_thread` with torch's global random state seeded with 0."""
+    import torch
+
+    torch.manual_seed(0)

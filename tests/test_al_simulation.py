@@ -10,7 +10,6 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
-import torch
 
 from sscase_monai.active_learning import (
     SCORED_STRATEGIES,
@@ -33,14 +32,7 @@ SAMPLE_DATA = REPO_ROOT / "sample-data"
 ARMS = ("random", "epistemic", "tta", "diversity", "random+pl", "full")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these tiny 64-pixel runs gain nothing from two, and two threads on a CPU busy with other
-    jobs were measured 10x slower (OpenMP threads waiting for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def unit(rows: list[list[float]]) -> np.ndarray:

@@ -7,14 +7,7 @@ import torch
 
 from sscase_monai.networks.blocks import CoordinateAttention, SqueezeExcitation
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize(("spatial_dims", "channels", "hidden"), [(2, 96, 3), (2, 16, 1), (3, 64, 2), (1, 480, 15)])

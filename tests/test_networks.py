@@ -29,13 +29,7 @@ ENCODERS = ("efficientnet-lite0", "efficientnet-b0")
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
