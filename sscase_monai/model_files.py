@@ -47,6 +47,26 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def known_field_values(cls: type, values: Mapping[str, Any], what: str, log: logging.Logger = logger) -> dict[str, Any]:
+    """The entries of ``values`` named after fields of the dataclass ``cls``; the others (written by newer versions)
+    are dropped with a warning.
+
+    Args:
+        cls: a dataclass.
+        values: settings read back, e.g. from JSON.
+        what: the kind of settings, for the warning (``"model"``: "ignoring unknown model settings ...").
+        log: the logger to warn on.
+
+    Returns:
+        The known entries, in their order in ``values``.
+    """
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        log.warning("ignoring unknown %s settings %s", what, unknown)
+    return {k: v for k, v in values.items() if k in known}
+
+
 @dataclass
 class ModelSpec:
     """What rebuilds a trained network and the preprocessing it was trained with.
@@ -150,11 +170,7 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ModelSpec:
         """Inverse of ``to_dict``; unknown keys (from newer versions) are ignored with a warning."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            logger.warning("ignoring unknown model settings %s", unknown)
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**known_field_values(cls, values, "model"))
 
 
 def _flexible_unet_backbones() -> tuple[str, ...]:

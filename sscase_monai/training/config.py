@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sscase_monai.method import (
@@ -21,7 +21,7 @@ from sscase_monai.method import (
     PseudoLabelConfig,
     StageConfig,
 )
-from sscase_monai.model_files import ModelSpec
+from sscase_monai.model_files import ModelSpec, known_field_values
 
 logger = logging.getLogger(__name__)
 
@@ -168,11 +168,7 @@ class TrainingConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainingConfig:
         """Inverse of :meth:`to_dict`; unknown keys are ignored with a warning."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            logger.warning("ignoring unknown training settings %s", unknown)
-        kwargs = {k: v for k, v in values.items() if k in known}
+        kwargs = known_field_values(cls, values, "training", logger)
         if isinstance(kwargs.get("spec"), Mapping):
             kwargs["spec"] = ModelSpec.from_dict(kwargs["spec"])
         if "stages" in kwargs:
