@@ -7,6 +7,7 @@ import csv
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -202,14 +203,25 @@ def test_next_sample_is_an_unlabelled_image(server, client, strategy):
     assert sample["id"] in unlabelled
 
 
-def test_epistemic_scoring_writes_scores_and_the_strategy_follows_them(server, client):
-    response = requests.post(f"{server.url}/scoring/epistemic?run_sync=true", timeout=600)
+def run_scoring(
+    server: ServerProcess, client: MONAILabelClient, method: str, info_key: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the scoring ``method`` synchronously and check that no labelled image got an ``info_key`` score.
+
+    Returns:
+        The unlabelled images' datastore entries and their ``info_key`` scores (``None`` where missing), by id.
+    """
+    response = requests.post(f"{server.url}/scoring/{method}?run_sync=true", timeout=600)
     assert response.status_code == 200, response.text
     objects = client.datastore()["objects"]
     unlabelled = {k: v for k, v in objects.items() if "final" not in v["labels"]}
-    scores = {k: v["image"]["info"].get("epistemic_entropy") for k, v in unlabelled.items()}
+    assert all(info_key not in v["image"]["info"] for k, v in objects.items() if k not in unlabelled)
+    return unlabelled, {k: v["image"]["info"].get(info_key) for k, v in unlabelled.items()}
+
+
+def test_epistemic_scoring_writes_scores_and_the_strategy_follows_them(server, client):
+    _, scores = run_scoring(server, client, "epistemic", "epistemic_entropy")
     assert all(isinstance(s, float) and s >= 0 for s in scores.values()), scores
-    assert all("epistemic_entropy" not in v["image"]["info"] for k, v in objects.items() if k not in unlabelled)
     served = set()
     for _ in range(2):
         served.add(client.next_sample("epistemic", {})["id"])
@@ -218,14 +230,9 @@ def test_epistemic_scoring_writes_scores_and_the_strategy_follows_them(server, c
 
 
 def test_diversity_scoring_writes_distances_to_the_labelled_images_and_the_strategy_follows_them(server, client):
-    response = requests.post(f"{server.url}/scoring/diversity?run_sync=true", timeout=600)
-    assert response.status_code == 200, response.text
-    objects = client.datastore()["objects"]
-    unlabelled = {k: v for k, v in objects.items() if "final" not in v["labels"]}
-    scores = {k: v["image"]["info"].get("diversity_distance") for k, v in unlabelled.items()}
+    unlabelled, scores = run_scoring(server, client, "diversity", "diversity_distance")
     assert all(isinstance(s, float) and 0.0 <= s <= 2.0 for s in scores.values()), scores
     assert len(set(scores.values())) > 1  # not one constant
-    assert all("diversity_distance" not in v["image"]["info"] for k, v in objects.items() if k not in unlabelled)
     again = requests.post(f"{server.url}/scoring/diversity?run_sync=true", timeout=600).json()
     assert again["scored"] == 0  # same model, same labelled images: nothing to redo
     # the farthest image, unless an earlier test served it with this strategy in the last minutes (cooldown)
