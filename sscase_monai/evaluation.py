@@ -35,6 +35,7 @@ import numpy as np
 from sscase_monai import biometry, io
 from sscase_monai.inference import Predictor
 from sscase_monai.metrics import METRIC_NAMES, format_metrics_table, per_image_metrics, segmentation_metrics
+from sscase_monai.paths import existing_file
 from sscase_monai.transforms import label_to_class_indices
 
 logger = logging.getLogger(__name__)
@@ -77,9 +78,7 @@ def _read_positive_column(
         FileNotFoundError: no such file.
         ValueError: the columns are missing, or a value is not a positive number (the message names file and row).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{table} {path} not found")
+    path = existing_file(path, table)
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in reader.fieldnames or []]

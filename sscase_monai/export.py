@@ -41,7 +41,7 @@ from sscase_monai.data import find_images
 from sscase_monai.inference import Predictor, optimize_for_inference
 from sscase_monai.metrics import segmentation_metrics
 from sscase_monai.model_files import ModelSpec, atomic_write_bytes, load_model, read_sidecar
-from sscase_monai.paths import bundled_sample_data
+from sscase_monai.paths import bundled_sample_data, existing_file
 from sscase_monai.probabilities import class_indices, probabilities_from_logits
 
 onnx, _ = optional_import("onnx")
@@ -275,9 +275,7 @@ def load_exported(path: str | os.PathLike, threads: int | None = None) -> OnnxMo
         FileNotFoundError: no such file.
         ValueError: a file that is not an export of this package.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"exported model {path} not found")
+    path = existing_file(path, "exported model")
     try:
         if path.suffix.lower() == ".onnx":
             return OnnxModel(path, threads=threads)

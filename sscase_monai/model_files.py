@@ -23,6 +23,7 @@ from monai.networks.nets import BasicUNet, FlexibleUNet
 from torch import nn
 
 from sscase_monai.networks import SSCASEUNet
+from sscase_monai.paths import existing_file
 
 logger = logging.getLogger(__name__)
 
@@ -271,9 +272,7 @@ def load_model(
         FileNotFoundError: no file at ``path``.
         ValueError: the file is not a state dict of the network its sidecar describes.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} not found")
+    path = existing_file(path, "model file")
     spec = spec or read_spec(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

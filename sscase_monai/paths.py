@@ -25,6 +25,25 @@ def default_workspace() -> Path:
     return Path(home).expanduser() if home else Path.home() / ".local" / "share" / "sscase-monai"
 
 
+def existing_file(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, checked to be a file.
+
+    Args:
+        path: the file.
+        what: what the file is, for the message (e.g. ``"model file"``: "model file x.pt not found").
+
+    Returns:
+        ``Path(path)``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    return path
+
+
 def _in_checkout(path: Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(

@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 
 from sscase_monai import io
 from sscase_monai.evaluation import CaseResult, EvaluationResult
+from sscase_monai.paths import existing_file
 from sscase_monai.training.run_log import HISTORY_FILE
 
 logger = logging.getLogger(__name__)
@@ -190,9 +191,7 @@ def read_history(path: str | os.PathLike) -> dict[str, dict[str, list[float]]]:
         FileNotFoundError: no such file.
         ValueError: no ``epoch`` column (the message names the file).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training history {path} not found")
+    path = existing_file(path, "training history")
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in reader.fieldnames or []]

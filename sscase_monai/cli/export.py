@@ -95,9 +95,9 @@ def run(args: argparse.Namespace) -> int:
     from sscase_monai import export
     from sscase_monai.bundle import bundle_network, write_bundle
     from sscase_monai.cli.predict import list_input_images
+    from sscase_monai.paths import existing_file
 
-    if not args.model.is_file():
-        raise FileNotFoundError(f"model file {args.model} not found")
+    existing_file(args.model, "model file")
     if args.opset is not None and args.format != "onnx":
         raise ValueError("--opset applies to --format onnx only")
     out = _out_path(args)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sscase_monai.method import PSEUDO_LABELS, TTA_VIEWS
+from sscase_monai.paths import existing_file
 
 if TYPE_CHECKING:
     from sscase_monai.evaluation import SpacingLookup
@@ -152,8 +153,7 @@ def load_predictor(args: argparse.Namespace) -> Predictor:
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
-    if not args.model.is_file():
-        raise FileNotFoundError(f"model file {args.model} not found")
+    existing_file(args.model, "model file")
     return Predictor.from_file(args.model, device=args.device, tta=args.tta)
 
 

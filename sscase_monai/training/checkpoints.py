@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from sscase_monai.model_files import atomic_write_bytes
+from sscase_monai.paths import existing_file
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +100,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         FileNotFoundError: no file at ``path``.
         ValueError: not a readable checkpoint of this format.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
+    path = existing_file(path, "checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a bad file
