@@ -28,7 +28,7 @@ from sscase_monai import io
 from sscase_monai.method import PSEUDO_LABELS, TTA_VIEWS
 from sscase_monai.model_files import ModelSpec, load_model
 from sscase_monai.probabilities import DEFAULT_THRESHOLD, class_indices, probabilities_from_logits
-from sscase_monai.transforms import build_preprocess, resize_probabilities_to
+from sscase_monai.transforms import resize_probabilities_to
 from sscase_monai.tta import tta_predict
 
 logger = logging.getLogger(__name__)
@@ -262,15 +262,7 @@ class Predictor:
         self.spec = spec
         self.tta = tta
         self.inferers = {flag: ProbabilityInferer(tta=flag, amp=amp) for flag in (False, True)}
-        self.preprocess = Compose(
-            build_preprocess(
-                input_size=spec.input_size,
-                channels=spec.in_channels,
-                num_classes=spec.num_classes,
-                denoise=spec.denoise,
-                keys=("image",),
-            )
-        )
+        self.preprocess = Compose(spec.build_preprocess(keys=("image",)))
 
     @classmethod
     def from_file(

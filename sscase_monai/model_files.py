@@ -20,10 +20,12 @@ from typing import Any
 
 import torch
 from monai.networks.nets import BasicUNet, FlexibleUNet
+from monai.transforms import Transform
 from torch import nn
 
 from sscase_monai.networks import SSCASEUNet
 from sscase_monai.paths import existing_file
+from sscase_monai.transforms import build_preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +132,24 @@ class ModelSpec:
             raise ValueError(f"label values must be 1..K without gaps, got {labels}")
         out_channels = 1 if len(labels) == 1 else len(labels) + 1
         return cls(labels=labels, out_channels=out_channels, **kwargs)
+
+    def build_preprocess(self, keys: Sequence[str] = ("image",)) -> list[Transform]:
+        """The preprocessing this model was trained with, for ``keys`` (:func:`sscase_monai.transforms.build_preprocess`
+        with this spec's input size, channels, classes and denoising).
+
+        Args:
+            keys: the item keys to load, e.g. ``("image",)`` or ``("image", "label")``.
+
+        Returns:
+            A list of transforms, to extend or pass to ``Compose``.
+        """
+        return build_preprocess(
+            input_size=self.input_size,
+            channels=self.in_channels,
+            num_classes=self.num_classes,
+            denoise=self.denoise,
+            keys=keys,
+        )
 
     def build_network(self, pretrained: bool | str | os.PathLike | None = None) -> nn.Module:
         """A new network of this spec, returning logits ``(B, out_channels, H, W)``.

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from sscase_monai.data import RepeatDataset
 from sscase_monai.model_files import ModelSpec
-from sscase_monai.transforms import build_preprocess, build_train_augment
+from sscase_monai.transforms import build_train_augment
 
 logger = logging.getLogger(__name__)
 
@@ -47,15 +47,7 @@ def preprocess_items(
         ``{"image": (C, S, S) float32, "label": (1, S, S) uint8}`` per item (no ``"label"`` when unlabelled).
     """
     keys = ("image", "label") if labelled else ("image",)
-    transform = Compose(
-        build_preprocess(
-            input_size=spec.input_size,
-            channels=spec.in_channels,
-            num_classes=spec.num_classes,
-            denoise=spec.denoise,
-            keys=keys,
-        )
-    )
+    transform = Compose(spec.build_preprocess(keys=keys))
 
     def one(item: Mapping[str, Any]) -> CachedItem:
         data = transform({key: str(item[key]) for key in keys})

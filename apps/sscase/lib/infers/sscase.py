@@ -25,7 +25,6 @@ from sscase_monai.evaluation import file_pixel_spacing
 from sscase_monai.inference import ProbabilityInferer, RestoreToOriginald, optimize_for_inference
 from sscase_monai.model_files import ModelSpec, load_model
 from sscase_monai.paths import default_workspace
-from sscase_monai.transforms import build_preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -180,13 +179,7 @@ class SSCASEInfer(BasicInferTask):
 
     def pre_transforms(self, data: dict | None = None) -> Sequence[Callable]:
         spec = self.current_model(data["device"])[1]
-        load, *rest = build_preprocess(
-            input_size=spec.input_size,
-            channels=spec.in_channels,
-            num_classes=spec.num_classes,
-            denoise=spec.denoise,
-            keys=("image",),
-        )
+        load, *rest = spec.build_preprocess(keys=("image",))
         return [load, Lambdad("image", refuse_blank_image), *rest]
 
     def inferer(self, data: dict | None = None) -> Inferer:
