@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,28 @@ def time_calls(fn: Callable[[], Any], warmup: int, reps: int) -> list[float]:
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+def time_loader_epoch(
+    loader: Iterable[Mapping[str, Any]], dataset: Any, sampler: Any, epoch: int = 1
+) -> tuple[int, float]:
+    """One epoch of a training loader without training, as ``(images, seconds)``.
+
+    Args:
+        loader: the loader from ``build_train_loader``.
+        dataset: its dataset (``set_epoch`` is called on it first, as the trainer does).
+        sampler: its sampler (likewise).
+        epoch: the epoch to set.
+
+    Returns:
+        The images the loader gave and the seconds it took.
+    """
+    dataset.set_epoch(epoch)
+    sampler.set_epoch(epoch)
+    images, start = 0, time.perf_counter()
+    for batch in loader:
+        images += batch["image"].shape[0]
+    return images, time.perf_counter() - start
 
 
 def peak_rss_mb() -> float:

@@ -42,7 +42,14 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from common import SAMPLE_DATA, STARTER_MODEL, machine, stats, time_calls  # noqa: E402  (bench/common.py)
+from common import (  # noqa: E402  (bench/common.py)
+    SAMPLE_DATA,
+    STARTER_MODEL,
+    machine,
+    stats,
+    time_calls,
+    time_loader_epoch,
+)
 
 GOAL_IMAGES_PER_SECOND = 800.0
 
@@ -166,12 +173,8 @@ def loader_throughput(batch_size: int, workers: int, images_per_epoch: int, inpu
     cache = preprocess_items(train, ModelSpec(input_size=input_size), workers=4)
     samples = max(1, math.ceil(images_per_epoch / len(train)))
     loader, dataset, sampler = build_train_loader(cache, samples, batch_size, seed=0, num_workers=workers)
-    dataset.set_epoch(1)
-    sampler.set_epoch(1)
-    images, start = 0, time.perf_counter()
-    for batch in loader:
-        images += batch["image"].shape[0]
-    return images / (time.perf_counter() - start)
+    images, seconds = time_loader_epoch(loader, dataset, sampler)
+    return images / seconds
 
 
 def inference_latency(device: str, input_size: int, reps: int, warmup: int) -> list[dict[str, Any]]:

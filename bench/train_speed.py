@@ -29,6 +29,7 @@ from common import (  # noqa: E402  (bench/common.py)
     peak_rss_mb,
     run_worker,
     speed_main,
+    time_loader_epoch,
 )
 
 
@@ -87,12 +88,7 @@ def worker_train(job: dict[str, Any]) -> dict[str, Any]:
     total = time.perf_counter() - start
     cache = preprocess_items(train, spec)
     loader, dataset, sampler = build_train_loader(cache, samples, BATCH_SIZE, seed=0)
-    dataset.set_epoch(1)
-    sampler.set_epoch(1)
-    images, start = 0, time.perf_counter()
-    for batch in loader:
-        images += batch["image"].shape[0]
-    loader_seconds = time.perf_counter() - start
+    images, loader_seconds = time_loader_epoch(loader, dataset, sampler)
     return {
         "stages": {str(k): v for k, v in sorted(throughput.stages.items())},
         "train_images": len(train),
