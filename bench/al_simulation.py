@@ -35,7 +35,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from common import RESULTS_FILE, SHARED_DATA, load_average, machine, write_section  # noqa: E402
+from common import RESULTS_FILE, SHARED_DATA, load_average, machine, setup_logging, write_section  # noqa: E402
 
 from sscase_monai.active_learning import STRATEGIES, STRATEGY_REGISTRY  # noqa: E402
 from sscase_monai.al_simulation import (  # noqa: E402
@@ -270,7 +270,7 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float, records: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if not args.report_only:
         if not (args.data / "train" / "images").is_dir():
             raise SystemExit(f"HC18 not found at {args.data} (give --data)")

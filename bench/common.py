@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import platform
@@ -64,6 +65,11 @@ FULL = Plan(
     64,
 )
 QUICK = Plan("quick", ("sscase_unet", "flexible_unet_b0", "monai_unet"), 2, 10, 3, 6, 10, 8, 3, 16)
+
+
+def setup_logging() -> None:
+    """Log INFO and above to stderr with time, level and logger name (every benchmark script's ``main``)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def stats(seconds: Sequence[float]) -> dict[str, float]:

@@ -47,6 +47,7 @@ from common import (  # noqa: E402  (bench/common.py)
     fmt,
     load_average,
     machine,
+    setup_logging,
     stats,
     time_calls,
     write_section,
@@ -221,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import onnxruntime
 
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     torch.set_num_threads(args.threads)
     os.chdir(REPO_ROOT)
     records = []

@@ -53,7 +53,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from common import RESULTS_FILE, load_average, machine, write_section  # noqa: E402  (bench/common.py)
+from common import RESULTS_FILE, load_average, machine, setup_logging, write_section  # noqa: E402  (bench/common.py)
 from torch.optim import Adam  # noqa: E402
 
 from sscase_monai.cli.train import float_list, int_list  # noqa: E402
@@ -691,7 +691,7 @@ def load_results(out: Path) -> dict[str, dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     torch.set_num_threads(args.threads)
     os.chdir(REPO_ROOT)
     machine_description = machine()

@@ -43,7 +43,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from common import RESULTS_FILE, SHARED_DATA, fmt, load_average, machine, write_section  # noqa: E402
+from common import RESULTS_FILE, SHARED_DATA, fmt, load_average, machine, setup_logging, write_section  # noqa: E402
 
 from sscase_monai import biometry, io  # noqa: E402
 from sscase_monai.data import pair_images_with_labels  # noqa: E402
@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS_FILE, help="RESULTS.md to update")
     parser.add_argument("--no-results", action="store_true", help="do not touch RESULTS.md")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     load = load_average()
     result = run(args.data, args.split, args.model, args.tta)
     result["machine"] = machine()

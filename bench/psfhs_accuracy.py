@@ -39,7 +39,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from common import RESULTS_FILE, SHARED_DATA, load_average, machine, write_section  # noqa: E402
+from common import RESULTS_FILE, SHARED_DATA, load_average, machine, setup_logging, write_section  # noqa: E402
 from hc18_accuracy import EpochRecorder, paired_difference, samples_in_epoch  # noqa: E402
 
 from sscase_monai.data import pair_images_with_labels, split_by_exam  # noqa: E402
@@ -246,7 +246,7 @@ def load_results(out: Path) -> dict[str, dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     torch.set_num_threads(args.threads)
     if not args.report_only:
         if not (args.data / "images").is_dir():
