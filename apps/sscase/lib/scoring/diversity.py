@@ -13,7 +13,8 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from sscase_monai.active_learning import ActiveLearningStrategy, coverage_distance, encoder_features, model_version
 from sscase_monai.inference import Predictor
-from sscase_monai.model_files import last_existing_path
+
+from .model import no_model_answer, scoring_model
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +40,9 @@ class DiversityScoring(ScoringMethod):
         self._features_version = ""
 
     def __call__(self, request: dict, datastore: Datastore) -> dict:
-        model = last_existing_path(self.path)
+        model = scoring_model(self.path, self.key, logger)
         if model is None:
-            logger.info("%s scoring skipped: no trained model yet", self.key)
-            return {"scored": 0, "reason": "no trained model yet"}
+            return no_model_answer()
         labelled = sorted(datastore.get_labeled_images())
         unlabelled = sorted(datastore.get_unlabeled_images())
         version = model_version(model)

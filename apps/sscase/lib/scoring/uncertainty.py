@@ -11,7 +11,8 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from sscase_monai.active_learning import ActiveLearningStrategy, model_version, score_images
 from sscase_monai.inference import Predictor
-from sscase_monai.model_files import last_existing_path
+
+from .model import no_model_answer, scoring_model
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +37,9 @@ class UncertaintyScoring(ScoringMethod):
         self.num_samples = num_samples
 
     def __call__(self, request: dict, datastore: Datastore) -> dict:
-        model = last_existing_path(self.path)
+        model = scoring_model(self.path, self.key, logger)
         if model is None:
-            logger.info("%s scoring skipped: no trained model yet", self.key)
-            return {"scored": 0, "reason": "no trained model yet"}
+            return no_model_answer()
         version = model_version(model)
         pending = {
             image_id: datastore.get_image_uri(image_id)
