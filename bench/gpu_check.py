@@ -42,14 +42,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from common import (  # noqa: E402  (bench/common.py)
-    SAMPLE_DATA,
-    STARTER_MODEL,
-    machine,
-    stats,
-    time_calls,
-    time_loader_epoch,
-)
+from common import SAMPLE_DATA, STARTER_MODEL, machine, stats, time_calls, time_loader_epoch  # noqa: E402
 
 GOAL_IMAGES_PER_SECOND = 800.0
 
