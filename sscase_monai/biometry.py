@@ -48,7 +48,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 from skimage import measure
 
-from sscase_monai.io import ImageGeometry, mask_2d, mask_for_image
+from sscase_monai.io import UNKNOWN_SPACING_RULE, ImageGeometry, mask_2d, mask_for_image
 
 logger = logging.getLogger(__name__)
 
@@ -1024,7 +1024,7 @@ def measure_biometry(
     result: dict[str, Any] = {"unit": unit, "spacing_mm": [row_mm, col_mm] if measured.spacing else None}
     if measured.spacing is None:
         result["spacing_note"] = (
-            "the image has no pixel spacing (PNG/JPEG carry none): lengths and areas are in pixels, not mm"
+            f"no pixel spacing known ({UNKNOWN_SPACING_RULE}): lengths and areas are in pixels, not mm"
         )
     result["coordinate_system"] = "RAS"
     result["labels"] = {

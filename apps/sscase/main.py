@@ -29,7 +29,7 @@ import lib.configs
 import sscase_monai
 from lib import serving
 from lib.datastore import SSCASEDatastore
-from lib.infers.sscase import SSCASEInfer, SSCASEMeasurementsInfer, measurement_spacing
+from lib.infers.sscase import SSCASEInfer, SSCASEMeasurementsInfer, measure_in_spacing, measurement_spacing
 from lib.trainers.sscase import SSCASETrain, TrainingPlan
 from sscase_monai import biometry, io
 from sscase_monai.cli.serve import DATASTORE_FILE_EXTENSIONS
@@ -55,15 +55,15 @@ def labels_of_saved_label(label_info: dict, model_labels: dict[str, int]) -> dic
 def saved_label_measurements(
     image_path: str, label_path: str, labels: dict[str, int], pixel_size_mm: float | None, head: tuple[str, ...]
 ) -> dict:
-    """``measurements`` (short texts, e.g. ``{"TCD": "31.4 mm"}``) and ``biometry`` of a saved label file."""
+    """``measurements`` of a saved label file as short texts (e.g. ``{"TCD": "31.4 mm"}``), and ``unit_note`` when
+    they are in pixels."""
     image_geometry = io.read_image(image_path)[1]
     array, geometry = io.read_image(label_path)
     mask = label_to_class_indices(array, max(labels.values(), default=1) + 1, "the saved label")
-    spacing, source = measurement_spacing(image_path, image_geometry, pixel_size_mm)
-    measured = biometry.measure_biometry(mask, geometry, labels, spacing, head=head)
-    measured["spacing_source"] = source
+    spacing = measurement_spacing(image_path, image_geometry, pixel_size_mm)
+    measured = measure_in_spacing(mask, geometry, labels, spacing, head)
     answer: dict = {"measurements": biometry.format_measurements(measured)}
-    if spacing is None:
+    if spacing[0] is None:
         answer["unit_note"] = (
             "in pixels: the image has no pixel spacing; Run it once with pixel_size_mm (Options, infer) to get mm"
         )
@@ -137,9 +137,8 @@ class SSCASEApp(MONAILabelApp):
         """Keep a Run's ``pixel_size_mm`` of a datastore image without spacing in its info: Submit Label measures the
         corrected label in the same unit."""
         measured = (result.get("params") or {}).get("biometry") or {}
-        if measured.get("spacing_source") != "pixel_size_mm" or request.get(serving.UPLOADED_FILE_KEY):
-            return
-        if request.get(serving.SESSION_KEY):
+        from_datastore = not request.get(serving.UPLOADED_FILE_KEY) and not request.get(serving.SESSION_KEY)
+        if measured.get("spacing_source") != "pixel_size_mm" or not from_datastore:
             return
         store = self.datastore()
         if isinstance(store, SSCASEDatastore):

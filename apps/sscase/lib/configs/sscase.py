@@ -63,7 +63,8 @@ class SSCASE(TaskConfig):
         tta: test-time augmentation for infer by default (a request may override) [false].
         head_label: label name(s), comma-separated, whose head circumference a Run reports, first match wins;
             ``none``: no HC [head,fetal_head].
-        markups: a Run returns and writes a Slicer markups file of its TCD / HC (a request may override) [true].
+        markups: a Run's result JSON carries the Slicer markups document of its TCD / HC (a request may
+            override; ``sscase_measurements`` returns it as the result file) [true].
         starter_model: until a model is trained, use the bundled model for the labels (``{"cerebellum": 1}``: the
             sample-data starter; ``{"head": 1}``: the HC18 fetal-head model) [true].
         epistemic_samples: MC-dropout passes per image for epistemic scoring [8].
@@ -159,7 +160,6 @@ def _train_defaults(conf: dict[str, str]) -> dict[str, Any]:
     a CPU)."""
     device = conf.get("train_device", "auto")
     schedule = default_schedule(device)
-    pseudo = PSEUDO_LABELS
     defaults: dict[str, Any] = {
         "stages": conf.get("train_stages", "1,2,3"),
         "epochs": conf.get("train_epochs", ",".join(str(e) for e in schedule.epochs)),
@@ -171,9 +171,9 @@ def _train_defaults(conf: dict[str, str]) -> dict[str, Any]:
         "device": device,
         "consistency_weight": float(conf.get("train_consistency_weight", "0")),
         "pseudo_labels": strtobool(conf.get("train_pseudo_labels", "true")),
-        "pseudo_confidence": float(conf.get("train_pseudo_confidence", str(pseudo.confidence))),
-        "pseudo_min_fraction": float(conf.get("train_pseudo_min_fraction", str(pseudo.min_confident_fraction))),
-        "pseudo_min_pixels": int(conf.get("train_pseudo_min_pixels", str(pseudo.min_foreground_pixels))),
+        "pseudo_confidence": float(conf.get("train_pseudo_confidence", str(PSEUDO_LABELS.confidence))),
+        "pseudo_min_fraction": float(conf.get("train_pseudo_min_fraction", str(PSEUDO_LABELS.min_confident_fraction))),
+        "pseudo_min_pixels": int(conf.get("train_pseudo_min_pixels", str(PSEUDO_LABELS.min_foreground_pixels))),
         "init_from_current_model": strtobool(conf.get("train_from_current_model", "true")),
         "resume": strtobool(conf.get("train_resume", "true")),
         "seed": int(conf.get("train_seed", "0")),

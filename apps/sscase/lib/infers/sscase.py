@@ -94,6 +94,24 @@ def _array(value: Any) -> np.ndarray | None:
     return None if value is None else np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value)
 
 
+def measure_in_spacing(
+    mask: np.ndarray,
+    geometry: io.ImageGeometry,
+    labels: dict[str, int],
+    spacing: tuple[tuple[float, float] | None, str],
+    head: Sequence[str],
+    probabilities: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """:func:`sscase_monai.biometry.measure_biometry` in the spacing :func:`measurement_spacing` chose, with
+    ``spacing_source`` and, without a spacing, how to give one from Slicer."""
+    value, source = spacing
+    measured = biometry.measure_biometry(mask, geometry, labels, value, head=head, probabilities=probabilities)
+    measured["spacing_source"] = source
+    if value is None:
+        measured["spacing_note"] += "; give the scan's pixel size as pixel_size_mm (Slicer: Options, infer)"
+    return measured
+
+
 class NoModelError(HTTPException):
     """409: no trained model exists yet (never run random weights)."""
 
@@ -198,29 +216,26 @@ class SSCASEInfer(BasicInferTask):
         if dtype not in RESULT_DTYPES:
             raise HTTPException(400, f"result_dtype must be one of {RESULT_DTYPES}, got {dtype!r}")
         mask: np.ndarray = data["pred"]
-        # Slicer names label value v after the v-th name by value (MONAILabel.py: updateSegmentationMask)
-        labels = self.current_model(data["device"])[1].labels
-        present = {name: int((mask == value).sum()) for name, value in labels.items()}
-        result = {"label_names": labels, _MODEL_LABELS: labels, "pixels": present, "tta": bool(self.inferer(data).tta)}
-        result |= self.measurements(data, mask, labels)  # before the label is written: a 400 here leaves no file
+        result = self.result_params(data, mask)  # before the label is written: a 400 here leaves no file
         fd, path = tempfile.mkstemp(prefix="sscase-result-", suffix=extension, dir=result_folder())
         os.close(fd)
         io.write_mask(mask, data["geometry"], path, dtype=dtype)
         return path, result
 
+    def result_params(self, data: dict, mask: np.ndarray) -> dict[str, Any]:
+        """The result JSON of a mask: the served model's ``label_names``, pixels per label, TTA and measurements."""
+        # Slicer names label value v after the v-th name by value (MONAILabel.py: updateSegmentationMask)
+        labels = self.current_model(data["device"])[1].labels
+        present = {name: int((mask == value).sum()) for name, value in labels.items()}
+        result = {"label_names": labels, _MODEL_LABELS: labels, "pixels": present, "tta": bool(self.inferer(data).tta)}
+        return result | self.measurements(data, mask, labels)
+
     def measurements(self, data: dict, mask: np.ndarray, labels: dict[str, int]) -> dict[str, Any]:
         """``biometry`` of the mask and, unless turned off, its ``markups`` document."""
         geometry: io.ImageGeometry = data["geometry"]
-        spacing, source = measurement_spacing(data.get("image_path") or "", geometry, data.get("pixel_size_mm"))
-        measured = biometry.measure_biometry(
-            mask, geometry, labels, spacing, head=self.head_labels, probabilities=_array(data.get("probabilities"))
-        )
-        measured["spacing_source"] = source
-        if spacing is None:
-            measured["spacing_note"] = (
-                f"no pixel spacing known ({io.UNKNOWN_SPACING_RULE}): lengths and areas are in pixels, not mm; "
-                "give the scan's pixel size as pixel_size_mm (Slicer: Options, infer) to measure in mm"
-            )
+        spacing = measurement_spacing(data.get("image_path") or "", geometry, data.get("pixel_size_mm"))
+        probabilities = _array(data.get("probabilities"))
+        measured = measure_in_spacing(mask, geometry, labels, spacing, self.head_labels, probabilities)
         result: dict[str, Any] = {"biometry": measured}
         if strtobool(str(data.get("markups", self._config.get("markups", True)))):
             result["markups"] = markups.biometry_markups(measured)
@@ -262,15 +277,12 @@ class SSCASEMeasurementsInfer(SSCASEInfer):
         self._config.pop("markups")  # always on here: no Options row for it
 
     def writer(self, data: dict, extension: str | None = None, dtype: str | None = None) -> tuple[str, dict]:
-        mask: np.ndarray = data["pred"]
-        labels = self.current_model(data["device"])[1].labels
-        result = {"label_names": labels, _MODEL_LABELS: labels, "tta": bool(self.inferer(data).tta)}
-        result |= self.measurements({**data, "markups": True}, mask, labels)
+        result = self.result_params({**data, "markups": True}, data["pred"])
         document = result["markups"]
         if document is None:
-            found = {name: int((mask == value).sum()) for name, value in labels.items()}
             raise HTTPException(
-                422, f"nothing to measure: the segmentation found no structure with a TCD or HC ({found} pixels)"
+                422,
+                f"nothing to measure: the segmentation found no structure with a TCD or HC ({result['pixels']} pixels)",
             )
         fd, path = tempfile.mkstemp(prefix="sscase-result-", suffix=markups.MARKUPS_EXTENSION, dir=result_folder())
         os.close(fd)

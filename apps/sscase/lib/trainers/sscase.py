@@ -118,10 +118,12 @@ class SSCASETrain(TrainTask):
             expected = expected_cpu_seconds(config, len(train_items), len(val_items), len(unlabelled))
         return TrainingPlan(config, options, train_items, val_items, unlabelled, expected)
 
-    def start_stats(self, plan: TrainingPlan) -> None:
+    def start_stats(self, plan: TrainingPlan) -> SlicerProgress:
         """Publish epoch 0 of the planned epochs, so Slicer's progress bar starts at the start (it shows 100 % for
-        empty stats); the accuracy stays the current model's until an epoch ends."""
-        SlicerProgress(self.stats_path).start(plan, previous=self.stats())
+        empty stats); the accuracy stays the current model's until an epoch ends. Returns the progress writer."""
+        progress = SlicerProgress(self.stats_path)
+        progress.start(plan, previous=self.stats())
+        return progress
 
     def __call__(self, request: dict, datastore: Datastore) -> dict[str, Any]:
         plan = self.plan(request, datastore)
@@ -138,8 +140,7 @@ class SSCASETrain(TrainTask):
             config.planned_epochs,
             f", expected about {format_duration(plan.expected_seconds)} on this CPU" if plan.expected_seconds else "",
         )
-        progress = SlicerProgress(self.stats_path)
-        progress.start(plan, previous=self.stats())
+        progress = self.start_stats(plan)  # again: a training run without the server's route (run_sync) starts here
         callbacks: list[TrainingCallback] = [progress]
         if strtobool(str(options["pseudo_labels"])):
             callbacks.append(PseudoLabelsToDatastore(datastore))
