@@ -12,9 +12,12 @@ score is stored under, its score function); the MONAI Label app (its strategies 
 - ``"coverage"``: ``diversity``, core-set / k-center greedy (:func:`k_center_greedy`) on the encoder's globally pooled
   deepest features (:func:`encoder_features`): each pick is the unlabelled image farthest (cosine distance) from
   every labelled image and every image picked before it.
+- ``"hybrid"``: ``hybrid``, uncertainty-weighted k-center greedy: the same picks as ``"coverage"`` but each
+  candidate's distance is multiplied by its uncertainty weight (:func:`uncertainty_weights`: the rank of its score,
+  in (0, 1]), so an image is picked for being both far from what is labelled and uncertain.
 
-Adding an uncertainty strategy is one score function (``(network, images, num_samples, seed) -> (B,) scores``) and
-one :class:`ActiveLearningStrategy` entry in :data:`STRATEGY_REGISTRY`.
+Adding an uncertainty or hybrid strategy is one score function (``(network, images, num_samples, seed) -> (B,)
+scores``) and one :class:`ActiveLearningStrategy` entry in :data:`STRATEGY_REGISTRY`.
 
 Scores are computed on 2-D images through the same preprocessing as inference (MONAI Label's own epistemic scoring
 mishandles 2-D inputs). Torch is imported when a score is computed, not with this module, so the command line's
@@ -43,8 +46,12 @@ logger = logging.getLogger(__name__)
 ImageScore = Callable[["nn.Module", "torch.Tensor", int, int], "torch.Tensor"]
 """``(network, images (B, C, H, W), num_samples, seed) -> scores (B,)``, higher = label first."""
 
-StrategyKind = Literal["random", "uncertainty", "coverage"]
-KINDS: tuple[str, ...] = ("random", "uncertainty", "coverage")
+StrategyKind = Literal["random", "uncertainty", "coverage", "hybrid"]
+KINDS: tuple[str, ...] = ("random", "uncertainty", "coverage", "hybrid")
+SCORED_KINDS: tuple[str, ...] = ("uncertainty", "hybrid")
+"""The kinds that need a per-image score function."""
+FEATURE_KINDS: tuple[str, ...] = ("coverage", "hybrid")
+"""The kinds that pick by k-center greedy on encoder features."""
 
 
 def epistemic_score(network: nn.Module, images: torch.Tensor, num_samples: int, seed: int) -> torch.Tensor:
@@ -69,10 +76,10 @@ class ActiveLearningStrategy:
     Attributes:
         name: the name the app, ``simulate-al`` and ``bench/`` use (MONAI Label's strategy and scoring method name).
         description: one line, shown by Slicer and in help texts.
-        kind: ``"random"``, ``"uncertainty"`` (highest :attr:`score` first) or ``"coverage"`` (k-center greedy on
-            encoder features).
+        kind: ``"random"``, ``"uncertainty"`` (highest :attr:`score` first), ``"coverage"`` (k-center greedy on
+            encoder features) or ``"hybrid"`` (k-center greedy with each distance weighted by the :attr:`score`).
         key: the image-info key the app's scoring method writes the score under (``None``: not scored).
-        score: the per-image score of an ``"uncertainty"`` strategy.
+        score: the per-image score of an ``"uncertainty"`` or ``"hybrid"`` strategy.
     """
 
     name: str
@@ -84,8 +91,8 @@ class ActiveLearningStrategy:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"strategy kind must be one of {KINDS}, got {self.kind!r}")
-        if (self.kind == "uncertainty") != (self.score is not None):
-            raise ValueError(f"strategy {self.name!r}: a score function is needed by, and only by, 'uncertainty'")
+        if (self.kind in SCORED_KINDS) != (self.score is not None):
+            raise ValueError(f"strategy {self.name!r}: a score function is needed by, and only by, {SCORED_KINDS}")
         if self.needs_model and not self.key:
             raise ValueError(f"strategy {self.name!r} needs a key to store its scores under")
 
@@ -118,6 +125,13 @@ STRATEGY_REGISTRY: dict[str, ActiveLearningStrategy] = {
             "Farthest from every labelled image (encoder features, core-set)",
             "coverage",
             key="diversity_distance",
+        ),
+        ActiveLearningStrategy(
+            "hybrid",
+            "Far from every labelled image and uncertain (core-set weighted by TTA disagreement)",
+            "hybrid",
+            key="hybrid_weighted_distance",
+            score=tta_score,
         ),
     )
 }
@@ -154,7 +168,8 @@ def score_images(
     Args:
         predictor: the current model with its preprocessing.
         images: image files.
-        strategy: an ``"uncertainty"`` strategy of :data:`STRATEGY_REGISTRY` (``"epistemic"``, ``"tta"``).
+        strategy: a strategy of :data:`STRATEGY_REGISTRY` with a score function (``"epistemic"``, ``"tta"``,
+            ``"hybrid"``).
         num_samples: MC-dropout passes per image.
         seed: seed for the dropout masks (scores are reproducible).
 
@@ -270,7 +285,25 @@ def coverage_distance(candidates: np.ndarray, centers: np.ndarray) -> np.ndarray
     return nearest_center_distance(candidates, mean / max(float(np.linalg.norm(mean)), 1e-12))
 
 
-def k_center_greedy(candidates: np.ndarray, centers: np.ndarray, k: int) -> list[int]:
+def uncertainty_weights(scores: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Each score's rank among ``scores`` as a weight in (0, 1]: the most uncertain image 1, the least ``1 / N``.
+
+    Ranks rather than the raw scores, so that a few outlying scores (an unreadable scan, a blank frame) cannot
+    outweigh every distance; ties share their mean rank. Used by the ``"hybrid"`` strategies.
+    """
+    from scipy.stats import rankdata
+
+    values = np.asarray(scores, np.float64)
+    if values.ndim != 1 or not np.all(np.isfinite(values)):
+        raise ValueError(f"scores must be a 1-D array of finite numbers, got {values!r}")
+    if len(values) == 0:
+        return np.zeros(0, np.float32)
+    return (rankdata(values) / len(values)).astype(np.float32)
+
+
+def k_center_greedy(
+    candidates: np.ndarray, centers: np.ndarray, k: int, weights: np.ndarray | None = None
+) -> list[int]:
     """Core-set selection: ``k`` candidate indices, each the farthest from the centers and the earlier picks.
 
     Args:
@@ -278,19 +311,23 @@ def k_center_greedy(candidates: np.ndarray, centers: np.ndarray, k: int) -> list
         centers: ``(M, D)`` unit feature vectors of the labelled images (``M`` may be 0: the first pick is then the
             candidate farthest from the candidates' mean direction).
         k: how many to pick (at most ``N``).
+        weights: ``(N,)`` non-negative weights (uncertainty-weighted k-center): each pick maximises weight times
+            distance; ``None``: plain k-center.
 
     Returns:
         Indices into ``candidates``, in pick order.
     """
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k!r}")
+    if weights is not None and (np.shape(weights) != (len(candidates),) or np.any(np.asarray(weights) < 0)):
+        raise ValueError(f"weights must be {len(candidates)} non-negative numbers, got {weights!r}")
     k = min(k, len(candidates))
     if k == 0:
         return []
     distance = coverage_distance(candidates, centers)
     picks: list[int] = []
     for _ in range(k):
-        index = int(np.argmax(distance))
+        index = int(np.argmax(distance if weights is None else distance * weights))
         picks.append(index)
         distance = np.minimum(distance, nearest_center_distance(candidates, candidates[index : index + 1]))
         distance[picks] = -1.0
@@ -311,7 +348,7 @@ def select_batch(
     Args:
         strategy: a name in :data:`STRATEGY_REGISTRY`: ``"random"`` draws; an ``"uncertainty"`` strategy ranks by
             :func:`score_images`, highest first; ``"coverage"`` (``diversity``) is :func:`k_center_greedy` on
-            :func:`encoder_features`.
+            :func:`encoder_features`; ``"hybrid"`` is the same weighted by :func:`uncertainty_weights` of its scores.
         predictor: the current model (not needed for ``"random"``).
         pool: unlabelled image paths.
         labelled: labelled image paths (the centers of ``"diversity"``).
@@ -330,9 +367,14 @@ def select_batch(
         return [pool[i] for i in order[:k]]
     if predictor is None:
         raise ValueError(f"strategy {strategy!r} needs the current model")
-    if chosen.kind == "coverage":
-        features = encoder_features(predictor, pool + [str(p) for p in labelled])
-        picks = k_center_greedy(features[: len(pool)], features[len(pool) :], k)
-        return [pool[i] for i in picks]
-    scores = score_images(predictor, pool, strategy=strategy, num_samples=num_samples, seed=seed)
-    return sorted(scores, key=lambda path: (-scores[path], path))[:k]
+    scores = {}
+    if chosen.score is not None:
+        scores = score_images(predictor, pool, strategy=strategy, num_samples=num_samples, seed=seed)
+    if chosen.kind not in FEATURE_KINDS:
+        return sorted(scores, key=lambda path: (-scores[path], path))[:k]
+    if chosen.score is not None:
+        pool = [p for p in pool if p in scores]  # unreadable images were left out (and logged) by score_images
+    features = encoder_features(predictor, pool + [str(p) for p in labelled])
+    weights = uncertainty_weights([scores[p] for p in pool]) if chosen.score is not None else None
+    picks = k_center_greedy(features[: len(pool)], features[len(pool) :], k, weights)
+    return [pool[i] for i in picks]

@@ -18,9 +18,11 @@ from sscase_monai.active_learning import (
     ActiveLearningStrategy,
     coverage_distance,
     get_strategy,
+    encoder_features,
     k_center_greedy,
     score_images,
     select_batch,
+    uncertainty_weights,
 )
 from sscase_monai.al_simulation import Arm, RoundSchedule, labels_to_reach, parse_arms, summary_lines
 from sscase_monai.cli import main
@@ -29,7 +31,9 @@ from sscase_monai.inference import Predictor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO_ROOT / "sample-data"
-ARMS = ("random", "epistemic", "tta", "diversity", "random+pl", "full")
+ARMS = ("random", "epistemic", "tta", "diversity", "hybrid", "random+pl", "full")
+PICKING_ARMS = ARMS[:-1]
+"""The arms that pick (all but ``full``)."""
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -53,6 +57,33 @@ def test_k_center_greedy_picks_the_uncovered_directions_first():
         k_center_greedy(candidates, centers, -1)
 
 
+def test_uncertainty_weighted_k_center_picks_far_and_uncertain_images_not_near_duplicates():
+    """The ``hybrid`` strategy's pick on a constructed pool (issue #22): uncertainty alone takes two near-duplicates,
+    coverage alone the far but certain image; weighted, the far and uncertain image first, then coverage again."""
+    centers = unit([[1, 0, 0]])  # the labelled image
+    candidates = unit(
+        [
+            [0, 0, 1],  # 0: far from the labelled image, the model is sure of it
+            [1, 1, 0],  # 1: half-way, the most uncertain
+            [1, 1, 0.05],  # 2: a near-duplicate of 1, as uncertain
+            [1, 0.05, 0],  # 3: beside the labelled image, uncertain
+        ]
+    )
+    uncertainty = np.array([0.1, 5.0, 4.9, 4.8])
+    weights = uncertainty_weights(uncertainty)
+    np.testing.assert_allclose(weights, [0.25, 1.0, 0.75, 0.5])
+    assert k_center_greedy(candidates, centers, 2, weights) == [1, 0]
+    assert k_center_greedy(candidates, centers, 1) == [0]  # diversity: the certain far image first
+    assert list(np.argsort(-uncertainty)[:2]) == [1, 2]  # an uncertainty strategy: both near-duplicates
+    assert k_center_greedy(candidates, centers, 4, weights) == [1, 0, 3, 2]
+    np.testing.assert_allclose(uncertainty_weights([2.0, 2.0, 1.0]), [5 / 6, 5 / 6, 1 / 3])  # ties share their rank
+    assert uncertainty_weights([]).shape == (0,)
+    with pytest.raises(ValueError, match="finite"):
+        uncertainty_weights([1.0, float("nan")])
+    with pytest.raises(ValueError, match="weights must be 4 non-negative numbers"):
+        k_center_greedy(candidates, centers, 1, weights[:2])
+
+
 def test_select_batch_random_is_seeded_and_names_bad_strategies():
     pool = [f"img{i}.png" for i in range(20)]
     first = select_batch("random", None, pool, [], 5, seed=3)
@@ -67,15 +98,17 @@ def test_select_batch_random_is_seeded_and_names_bad_strategies():
 
 def test_the_registry_names_every_strategy_once_and_refuses_unknown_ones():
     assert STRATEGIES[0] == "random" and not get_strategy("random").needs_model
-    assert [s.name for s in SCORED_STRATEGIES] == ["epistemic", "tta", "diversity"]
+    assert [s.name for s in SCORED_STRATEGIES] == ["epistemic", "tta", "diversity", "hybrid"]
     assert len({s.key for s in SCORED_STRATEGIES}) == len(SCORED_STRATEGIES)  # one image-info key each
-    assert {s.kind for s in STRATEGY_REGISTRY.values()} == {"random", "uncertainty", "coverage"}
-    with pytest.raises(ValueError, match=r"strategy must be one of \('random', 'epistemic', 'tta', 'diversity'\)"):
+    assert {s.kind for s in STRATEGY_REGISTRY.values()} == {"random", "uncertainty", "coverage", "hybrid"}
+    with pytest.raises(ValueError, match=r"one of \('random', 'epistemic', 'tta', 'diversity', 'hybrid'\)"):
         get_strategy("entropy")
     with pytest.raises(ValueError, match="does not score images one by one"):
         score_images(None, [], strategy="diversity")  # never a silent fallback to another score
     with pytest.raises(ValueError, match="a score function is needed"):
         ActiveLearningStrategy("margin", "Smallest margin", "uncertainty", key="margin")
+    with pytest.raises(ValueError, match="a score function is needed"):
+        ActiveLearningStrategy("far", "Far and uncertain", "hybrid", key="far")
     with pytest.raises(ValueError, match="kind must be one of"):
         ActiveLearningStrategy("margin", "Smallest margin", "entropy", key="margin")
 
@@ -89,7 +122,7 @@ def test_arms_schedule_and_summary():
     ]
     with pytest.raises(ValueError, match="strategy must be one of"):
         Arm.parse("uncertain")
-    assert set(STRATEGIES) == {"random", "epistemic", "tta", "diversity"}
+    assert set(STRATEGIES) == {"random", "epistemic", "tta", "diversity", "hybrid"}
     plan = RoundSchedule(epochs=2, samples=400).plan(2, 16)
     assert (plan.epochs, plan.samples_per_image) == (2, 12)
     assert RoundSchedule(epochs=2, samples=10).plan(3, 300).samples_per_image == 1
@@ -169,7 +202,7 @@ def test_two_round_simulation_writes_csv_curve_summary_and_resumes(folders, tmp_
     records = {arm: [json.loads((out / "seed0" / arm / f"round{r}.json").read_text()) for r in (0, 1)] for arm in ARMS}
     start = records["random"][0]["labelled"]
     pool = sorted(str(p) for p in folders["images"].iterdir())
-    for arm in ARMS[:5]:
+    for arm in PICKING_ARMS:
         first, second = records[arm]
         assert first["labelled"] == start  # the same start set for every strategy
         assert len(first["selected"]) == 2 and not set(first["selected"]) & set(start)
@@ -182,10 +215,15 @@ def test_two_round_simulation_writes_csv_curve_summary_and_resumes(folders, tmp_
     unlabelled = [p for p in pool if p not in start]
     scores = score_images(predictor, unlabelled, strategy="tta")
     assert records["tta"][0]["selected"] == sorted(scores, key=lambda p: (-scores[p], p))[:2]
+    # hybrid: k-center on the encoder features, each distance weighted by the rank of the same TTA disagreement
+    features = encoder_features(predictor, unlabelled + start)
+    weights = uncertainty_weights([scores[p] for p in unlabelled])
+    picks = k_center_greedy(features[: len(unlabelled)], features[len(unlabelled) :], 2, weights)
+    assert records["hybrid"][0]["selected"] == [unlabelled[i] for i in picks]
 
     summary = (out / "summary.txt").read_text()
     assert summary.startswith("full-data Dice: ")
-    for arm in ARMS[:5]:
+    for arm in PICKING_ARMS:
         assert f"\n{arm}: mean Dice over rounds " in summary
         assert "95% of full-data Dice" in summary
     assert summary in printed

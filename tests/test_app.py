@@ -19,6 +19,7 @@ from server import QUIET, ServerProcess, copy_studies, sample_data_server, slice
 from slicer_io import load_markups, load_reference_volume, load_volume
 
 from sscase_monai import biometry, io
+from sscase_monai.active_learning import uncertainty_weights
 
 pytestmark = pytest.mark.integration
 
@@ -58,9 +59,9 @@ def test_info_lists_model_trainer_strategies_and_scoring(client):
     assert "sscase" in info["trainers"]
     trainer_options = info["trainers"]["sscase"]["config"]
     assert {"stages", "epochs", "learning_rates", "batch_size", "samples_per_image"} <= set(trainer_options)
-    assert {"random", "first", "epistemic", "tta", "diversity"} <= set(info["strategies"])
+    assert {"random", "first", "epistemic", "tta", "diversity", "hybrid"} <= set(info["strategies"])
     assert next(iter(info["strategies"])) == "diversity"  # the default, listed first for Slicer (issue #12)
-    assert {"epistemic", "tta", "diversity"} <= set(info["scoring"])
+    assert {"epistemic", "tta", "diversity", "hybrid"} <= set(info["scoring"])
     assert info["labels"] == ["cerebellum"]
 
 
@@ -195,7 +196,7 @@ def test_saved_label_for_a_png_counts_as_completed(server, client, tmp_path):
     np.testing.assert_array_equal(io.read_image(stored)[0], io.read_image(saved)[0])
 
 
-@pytest.mark.parametrize("strategy", ["random", "first", "epistemic", "tta", "diversity"])
+@pytest.mark.parametrize("strategy", ["random", "first", "epistemic", "tta", "diversity", "hybrid"])
 def test_next_sample_is_an_unlabelled_image(server, client, strategy):
     datastore = client.datastore()["objects"]
     unlabelled = {k for k, v in datastore.items() if "final" not in v["labels"]}
@@ -239,6 +240,18 @@ def test_diversity_scoring_writes_distances_to_the_labelled_images_and_the_strat
     recent = {k for k, v in unlabelled.items() if "diversity" in v["image"]["info"].get("strategy", {})}
     served = client.next_sample("diversity", {})["id"]
     assert served == max(set(scores) - recent, key=scores.get)
+
+
+def test_hybrid_scoring_weights_each_distance_by_its_uncertainty_rank_and_the_strategy_follows_it(server, client):
+    _, distances = run_scoring(server, client, "diversity", "diversity_distance")
+    _, disagreement = run_scoring(server, client, "tta", "tta_disagreement")
+    unlabelled, scores = run_scoring(server, client, "hybrid", "hybrid_weighted_distance")
+    ids = sorted(scores)
+    weights = uncertainty_weights([disagreement[i] for i in ids])  # the same TTA score, ranked among the unlabelled
+    np.testing.assert_allclose([scores[i] for i in ids], [distances[i] * w for i, w in zip(ids, weights)], rtol=1e-5)
+    assert len(set(scores.values())) > 1
+    recent = {k for k, v in unlabelled.items() if "hybrid" in v["image"]["info"].get("strategy", {})}
+    assert client.next_sample("hybrid", {})["id"] == max(set(scores) - recent, key=scores.get)
 
 
 def test_batch_infer_saves_original_labels(server, client):

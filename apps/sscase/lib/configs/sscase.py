@@ -18,7 +18,7 @@ import lib.infers
 import lib.scoring
 import lib.trainers
 from lib.activelearning import HighestScore
-from sscase_monai.active_learning import SCORED_STRATEGIES, STRATEGY_REGISTRY, ActiveLearningStrategy
+from sscase_monai.active_learning import FEATURE_KINDS, SCORED_STRATEGIES, STRATEGY_REGISTRY, ActiveLearningStrategy
 from sscase_monai.biometry import HEAD_LABELS, parse_label_names
 from sscase_monai.method import BATCH_SIZE, PSEUDO_LABELS
 from sscase_monai.model_files import DEFAULT_LABELS, ModelSpec
@@ -137,8 +137,8 @@ class SSCASE(TaskConfig):
         return {s.name: self._scoring(s) for s in SCORED_STRATEGIES}
 
     def _scoring(self, strategy: ActiveLearningStrategy) -> ScoringMethod:
-        if strategy.kind == "coverage":
-            return lib.scoring.DiversityScoring(path=self.path, strategy=strategy)
+        if strategy.kind in FEATURE_KINDS:
+            return lib.scoring.DiversityScoring(path=self.path, strategy=strategy, num_samples=self.epistemic_samples)
         return lib.scoring.UncertaintyScoring(path=self.path, strategy=strategy, num_samples=self.epistemic_samples)
 
 

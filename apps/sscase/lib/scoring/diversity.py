@@ -1,4 +1,5 @@
-"""Scoring: how far each unlabelled image is from every labelled one in the model's encoder feature space."""
+"""Scoring: how far each unlabelled image is from every labelled one in the model's encoder feature space (weighted
+by the image's uncertainty for a ``"hybrid"`` strategy)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ import numpy as np
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
-from sscase_monai.active_learning import ActiveLearningStrategy, coverage_distance, encoder_features, model_version
+from sscase_monai.active_learning import (
+    ActiveLearningStrategy,
+    coverage_distance,
+    encoder_features,
+    model_version,
+    score_images,
+    uncertainty_weights,
+)
 from sscase_monai.inference import Predictor
 
 from .model import no_model_answer, scoring_model
@@ -23,21 +31,28 @@ class DiversityScoring(ScoringMethod):
     """Write the cosine distance to the nearest labelled image (encoder features) into each unlabelled image's info.
 
     The ``diversity`` strategy then serves the farthest image: k-center greedy (core-set) one label at a time, as
-    :func:`sscase_monai.active_learning.k_center_greedy` does for a batch. Scores are redone when the model file or
-    the set of labelled images changes; features are kept in memory per model file.
+    :func:`sscase_monai.active_learning.k_center_greedy` does for a batch. A ``"hybrid"`` strategy (``hybrid``)
+    multiplies each distance by the image's :func:`~sscase_monai.active_learning.uncertainty_weights` (its score
+    function's rank among the unlabelled images), as the weighted k-center does for a batch. Scores are redone when
+    the model file or the set of labelled images changes; features and uncertainty scores are kept in memory per
+    model file.
 
     Args:
         path: candidate model files, lowest priority first (the last existing one is used).
-        strategy: the registry entry (``sscase_monai.active_learning.STRATEGY_REGISTRY``, a ``"coverage"`` one)
-            whose key the distance is written under.
+        strategy: the registry entry (``sscase_monai.active_learning.STRATEGY_REGISTRY``, a ``"coverage"`` or
+            ``"hybrid"`` one) whose key the distance is written under.
+        num_samples: MC-dropout passes per image (a hybrid strategy whose score is MC dropout).
     """
 
-    def __init__(self, path: Sequence[str | None], strategy: ActiveLearningStrategy) -> None:
-        super().__init__("Distance of unlabelled images to the labelled ones (encoder features, current model)")
+    def __init__(self, path: Sequence[str | None], strategy: ActiveLearningStrategy, num_samples: int = 8) -> None:
+        super().__init__(strategy.description + " (encoder features, current model)")
         self.path = [p for p in path if p]
+        self.strategy = strategy
         self.key = strategy.key
+        self.num_samples = num_samples
         self._features: dict[str, np.ndarray] = {}
-        self._features_version = ""
+        self._uncertainty: dict[str, float] = {}
+        self._version = ""
 
     def __call__(self, request: dict, datastore: Datastore) -> dict:
         model = scoring_model(self.path, self.key, logger)
@@ -52,8 +67,9 @@ class DiversityScoring(ScoringMethod):
         if not pending:
             return {"scored": 0, "reason": "every unlabelled image is scored for the current model and labels"}
         start = time.time()
-        if version != self._features_version:
-            self._features, self._features_version = {}, version
+        if version != self._version:
+            self._features, self._uncertainty, self._version = {}, {}, version
+        predictor = None
         missing = [i for i in labelled + unlabelled if i not in self._features]
         if missing:
             predictor = Predictor.from_file(model, device=request.get("device", "auto"))
@@ -61,6 +77,15 @@ class DiversityScoring(ScoringMethod):
             self._features.update(zip(missing, features, strict=True))
         centers = np.stack([self._features[i] for i in labelled]) if labelled else np.zeros((0, 0), np.float32)
         distances = coverage_distance(np.stack([self._features[i] for i in unlabelled]), centers)
+        if self.strategy.score is not None:
+            unscored = {i: datastore.get_image_uri(i) for i in unlabelled if i not in self._uncertainty}
+            if unscored:
+                predictor = predictor or Predictor.from_file(model, device=request.get("device", "auto"))
+                by_path = {path: image_id for image_id, path in unscored.items()}
+                scores = score_images(predictor, unscored.values(), self.strategy.name, self.num_samples)
+                self._uncertainty.update({by_path[p]: s for p, s in scores.items()})
+            # an image score_images could not read ranks as the most certain (it was logged there)
+            distances = distances * uncertainty_weights([self._uncertainty.get(i, 0.0) for i in unlabelled])
         scores = {image_id: float(d) for image_id, d in zip(unlabelled, distances, strict=True)}
         for image_id, score in scores.items():
             datastore.update_image_info(image_id, {self.key: score, f"{self.key}_model": state})

@@ -1,0 +1,146 @@
+"""Active-learning selection time (issue #22): how long each strategy takes to pick from a pool of 500 and 5,000 scans.
+
+Times :func:`sscase_monai.active_learning.select_batch` (what ``simulate-al`` picks with; the app's background
+scoring runs the same score and feature functions over every unlabelled image) for every strategy of the registry,
+picking 8 images with 48 labelled ones as the coverage centers: the end of the simulated loop. The pool is HC18 scans
+(``unlabeled``, then ``train`` and ``val`` after the 48 labelled ``train`` images); the 5,000-scan pool repeats them
+under distinct names (symbolic links in a temporary folder), since scoring time does not depend on which scan it is.
+
+Rows are appended to a CSV (``--csv``; a rerun skips what is measured). The table is written into the section
+"Active learning at the real operating point (issue #22)" by ``bench/al_simulation.py``.
+
+Example (from the repository root)::
+
+    nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/al_selection_time.py \\
+        --model bench/out/al128/seed0/round0/model.pt --sizes 500,5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from common import SHARED_DATA, load_average, machine, setup_logging  # noqa: E402
+
+from sscase_monai.active_learning import STRATEGIES, select_batch  # noqa: E402
+from sscase_monai.cli.train import int_list  # noqa: E402
+from sscase_monai.inference import Predictor  # noqa: E402
+
+logger = logging.getLogger("al_selection_time")
+
+SELECTION_CSV = REPO_ROOT / "bench" / "out" / "al_selection_time.csv"
+COLUMNS = (
+    "model",
+    "input_size",
+    "strategy",
+    "pool",
+    "labelled",
+    "picked",
+    "seconds",
+    "ms_per_image",
+    "load_average",
+    "cpu",
+    "torch",
+)
+LABELLED = 48
+PICKED = 8
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="the model file to pick with")
+    parser.add_argument(
+        "--data", type=Path, default=SHARED_DATA / "hc18", help="HC18 folder (train/, unlabeled/, val/)"
+    )
+    parser.add_argument("--sizes", type=int_list, default=(500, 5000), help="pool sizes (500,5000)")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="strategies to time (all)")
+    parser.add_argument("--csv", type=Path, default=SELECTION_CSV, help="CSV to append rows to")
+    return parser.parse_args(argv)
+
+
+def scans(data: Path) -> tuple[list[str], list[str]]:
+    """The 48 labelled scans and the rest, in a fixed order."""
+    train = sorted(str(p) for p in (data / "train" / "images").iterdir())
+    rest = sorted(str(p) for p in (data / "unlabeled" / "images").iterdir())
+    rest += train[LABELLED:] + sorted(str(p) for p in (data / "val" / "images").iterdir())
+    return train[:LABELLED], rest
+
+
+def pool_of(size: int, scans_: Sequence[str], folder: Path) -> list[str]:
+    """``size`` distinct paths: the scans themselves, then links to them under new names."""
+    if size <= len(scans_):
+        return list(scans_[:size])
+    pool = []
+    for index in range(size):
+        source = Path(scans_[index % len(scans_)])
+        link = folder / f"{index:05d}_{source.name}"
+        if not link.exists():
+            link.symlink_to(source)
+        pool.append(str(link))
+    return pool
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    torch.set_num_threads(1)
+    predictor = Predictor.from_file(args.model, device="cpu")
+    input_size = predictor.spec.input_size
+    labelled, rest = scans(args.data)
+    done = {(r["model"], r["strategy"], r["pool"]) for r in read_rows(args.csv)}
+    host = machine()
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="al_pool_") as folder:
+        for size in args.sizes:
+            pool = pool_of(size, rest, Path(folder))
+            for strategy in args.strategies.split(","):
+                if (str(args.model), strategy, str(size)) in done:
+                    logger.info("%s on %d scans: measured before", strategy, size)
+                    continue
+                load = load_average()
+                start = time.perf_counter()
+                picked = select_batch(strategy, predictor, pool, labelled, PICKED, seed=0)
+                seconds = time.perf_counter() - start
+                row = {
+                    "model": str(args.model),
+                    "input_size": input_size,
+                    "strategy": strategy,
+                    "pool": size,
+                    "labelled": len(labelled),
+                    "picked": len(picked),
+                    "seconds": round(seconds, 2),
+                    "ms_per_image": round(1000 * seconds / size, 2),
+                    "load_average": round(load, 1),
+                    "cpu": host["cpu"],
+                    "torch": host["torch"],
+                }
+                logger.info("%s on %d scans at %d px: %.1f s", strategy, size, input_size, seconds)
+                new = not args.csv.is_file()
+                with open(args.csv, "a", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=COLUMNS)
+                    if new:
+                        writer.writeheader()
+                    writer.writerow(row)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
