@@ -248,7 +248,8 @@ def test_hybrid_scoring_weights_each_distance_by_its_uncertainty_rank_and_the_st
     unlabelled, scores = run_scoring(server, client, "hybrid", "hybrid_weighted_distance")
     ids = sorted(scores)
     weights = uncertainty_weights([disagreement[i] for i in ids])  # the same TTA score, ranked among the unlabelled
-    np.testing.assert_allclose([scores[i] for i in ids], [distances[i] * w for i, w in zip(ids, weights)], rtol=1e-5)
+    expected = [distances[i] * w for i, w in zip(ids, weights, strict=True)]
+    np.testing.assert_allclose([scores[i] for i in ids], expected, rtol=1e-5)
     assert len(set(scores.values())) > 1
     recent = {k for k, v in unlabelled.items() if "hybrid" in v["image"]["info"].get("strategy", {})}
     assert client.next_sample("hybrid", {})["id"] == max(set(scores) - recent, key=scores.get)

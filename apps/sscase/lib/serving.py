@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from types import FrameType
 
 import psutil
@@ -201,6 +201,27 @@ def _chained_handler(previous: Callable | int | None) -> Callable[[int, FrameTyp
     return handle
 
 
+TASK_MODULE = "monailabel.interfaces.utils.app"
+"""The module MONAI Label runs each background task (train, scoring, batch infer) in, as a child process."""
+
+
+def _unregistered_task_processes(known: Collection[psutil.Process]) -> list[psutil.Process]:
+    """This server's background-task processes not in ``known``, with their children, found by command line.
+
+    MONAI Label registers a task's process in ``background_processes`` only after starting it: a signal in between
+    would miss it there.
+    """
+    found: list[psutil.Process] = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            command = child.cmdline()
+            if TASK_MODULE in command and child not in known and child not in found:
+                method = command[command.index(TASK_MODULE) + 2 : command.index(TASK_MODULE) + 3]
+                logger.info("stopping %s task (process %d)", " ".join(method) or "a", child.pid)
+                found += [child, *child.children(recursive=True)]
+    return found
+
+
 def stop_background_tasks(timeout: float = STOP_TIMEOUT) -> list[int]:
     """Stop every running training, scoring and batch-infer process (with its children) and cancel queued tasks.
 
@@ -224,6 +245,7 @@ def stop_background_tasks(timeout: float = STOP_TIMEOUT) -> list[int]:
             for task in async_tasks.background_tasks.get(method, []):
                 if task["id"] == task_id:
                     task["status"] = "STOPPED"
+    processes += _unregistered_task_processes(processes)
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.terminate()
