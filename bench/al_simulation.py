@@ -1,11 +1,12 @@
-"""Active-learning simulation on HC18 (issue #12): Dice vs labels for random, epistemic, tta and diversity.
+"""Active-learning simulation on HC18 (issues #12, #22): Dice vs labels for every strategy of the registry.
 
 The simulation is the library's (:class:`sscase_monai.al_simulation.ActiveLearningSimulation`, what
 ``sscase-monai simulate-al`` runs); this script runs it in phases into one output folder (finished rounds are skipped
-when it is rerun), then writes the section "Active learning on HC18 (issue #12)" of ``bench/RESULTS.md`` and copies
-the learning curve to ``bench/al_curve.png``:
+when it is rerun), then writes the section "Active learning at the real operating point (issue #22)" of
+``bench/RESULTS.md`` (with the selection times of ``bench/al_selection_time.py`` when measured) and copies the
+learning curve to ``bench/al_curve_128.png``:
 
-1. ``main``: random, epistemic, tta and diversity, every ``--seeds`` seed;
+1. ``main``: every strategy of the registry (random, epistemic, tta, diversity, hybrid), every ``--seeds`` seed;
 2. ``full``: the full-data reference (every pool image labelled, same rounds and schedule), ``--full-seeds``;
 3. ``pl``: with pseudo-labelling (stage 3 on the rest of the pool every round) for random and the strategy with the
    best mean Dice over rounds in phase 1 (random's runner-up when random is best), ``--pl-seeds``.
@@ -14,6 +15,9 @@ Example (from the repository root)::
 
     nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/al_simulation.py --data /work/shared/data/hc18
     .venv/bin/python bench/al_simulation.py --report-only
+
+Phases of different seeds write to different folders and can run at the same time, one process a core (``--seeds 1
+--phases main`` beside ``--seeds 0 --phases main``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from al_selection_time import SELECTION_CSV, read_rows  # noqa: E402
 from common import RESULTS_FILE, SHARED_DATA, load_average, machine, setup_logging, write_section  # noqa: E402
 
 from sscase_monai.active_learning import STRATEGIES, STRATEGY_REGISTRY  # noqa: E402
@@ -47,6 +52,7 @@ from sscase_monai.al_simulation import (  # noqa: E402
     RoundSchedule,
     SimulationConfig,
     curves,
+    full_data_dice,
     labels_to_reach,
     plot_learning_curve,
     summary_lines,
@@ -59,31 +65,36 @@ from sscase_monai.training import TrainingConfig  # noqa: E402
 
 logger = logging.getLogger("al_simulation")
 
-SECTION_TITLE = "Active learning on HC18 (issue #12)"
+SECTION_TITLE = "Active learning at the real operating point (issue #22)"
 SCRIPT = "bench/al_simulation.py"
-CURVE_FILE = REPO_ROOT / "bench" / "al_curve.png"
-TARGETS = (0.95, 0.99)
+CURVE_FILE = REPO_ROOT / "bench" / "al_curve_128.png"
+SELECTION_COMMAND = (
+    "nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/al_selection_time.py "
+    "--model bench/out/al128/seed0/round0/model.pt --sizes 500,5000"
+)
+TARGETS = (0.97, 0.99)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "hc18", help="HC18 folder (train/, val/)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "al", help="output folder")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "al128", help="output folder")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of phase 1 (0,1,2)")
     parser.add_argument("--full-seeds", default="0,1,2", help="seeds of the full-data reference (0,1,2)")
     parser.add_argument("--pl-seeds", default="0,1,2", help="seeds of the pseudo-labelling arms (0,1,2)")
     parser.add_argument("--phases", default="main,full,pl", help="phases to run, in order (main,full,pl)")
     parser.add_argument("--start", type=int, default=8)
     parser.add_argument("--step", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--input-size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--input-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=2, help="epochs per stage and round (2)")
-    parser.add_argument("--samples", type=int, default=512, help="training samples per stage and round (512)")
+    parser.add_argument("--samples", type=int, default=1024, help="training samples per stage and round (1024)")
     parser.add_argument("--lr", default="1e-3,3e-4,1e-4", help="stage 1/2/3 learning rates")
-    parser.add_argument("--val-limit", type=int, default=40, help="validate on the first N val images by name (40)")
+    parser.add_argument("--val-limit", type=int, default=87, help="validate on the first N val images by name (87)")
     parser.add_argument("--pool-limit", type=int, default=None, help="score a seeded draw of N pool images")
     parser.add_argument("--report-only", action="store_true", help="only regenerate the section from --out")
     parser.add_argument("--results", type=Path, default=RESULTS_FILE, help="Markdown file to update")
+    parser.add_argument("--selection-csv", type=Path, default=SELECTION_CSV, help="bench/al_selection_time.py's CSV")
     return parser.parse_args(argv)
 
 
@@ -134,23 +145,55 @@ def run(args: argparse.Namespace) -> None:
         logger.info("phase %s done after %.1f min", phase, (time.time() - started) / 60)
 
 
-def _table(rows: list[dict]) -> str:
+def _selection_seconds(path: Path) -> dict[tuple[str, int, int], float]:
+    """``{(strategy, input size, pool size): seconds}`` from ``bench/al_selection_time.py``'s CSV (empty if absent)."""
+    return {(r["strategy"], int(r["input_size"]), int(r["pool"])): float(r["seconds"]) for r in read_rows(path)}
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "not measured"
+    return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+def _table(rows: list[dict], selection: dict[tuple[str, int, int], float], input_size: int) -> str:
+    """Dice per arm and label count, labels to each target share of the full-data Dice, and the picking time."""
     by_arm = {arm: curve for arm, curve in curves(rows).items() if arm != FULL}
+    full = full_data_dice(rows)
     counts = sorted({n for c in by_arm.values() for n in c})
-    lines = ["| strategy | " + " | ".join(f"{n} labels" for n in counts) + " | mean over rounds |",
-             "|---|" + "---:|" * (len(counts) + 1)]  # fmt: skip
+    targets = [f"labels to {100 * t:g} % of full" for t in TARGETS]
+    lines = ["| arm | " + " | ".join(f"{n} labels" for n in counts) + " | mean over rounds | "
+             + " | ".join(targets) + f" | picking 8 of 5,000 scans ({input_size} px) |",
+             "|---|" + "---:|" * (len(counts) + 2 + len(targets))]  # fmt: skip
     for arm, curve in by_arm.items():
         cells = []
         for n in counts:
             values = np.asarray(curve.get(n, []), float) * 100
             cells.append("" if not len(values) else f"{values.mean():.2f} ± {values.std():.2f} (n={len(values)})")
-        mean = np.mean([np.mean(v) for v in curve.values()]) * 100
-        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {mean:.2f} |")
+        cells.append(f"{np.mean([np.mean(v) for v in curve.values()]) * 100:.2f}")
+        for share in TARGETS:
+            needed = None if full is None else labels_to_reach(curve, share * full)
+            cells.append(str(needed) if needed is not None else f"> {max(curve)}" if full is not None else "n/a")
+        cells.append(_seconds(selection.get((Arm.parse(arm).strategy, input_size, 5000))))
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _selection_table(selection: dict[tuple[str, int, int], float]) -> list[str]:
+    """Seconds to pick 8 images, per strategy, for each measured (input size, pool size)."""
+    columns = sorted({(size, pool) for _, size, pool in selection})
+    if not columns:
+        return ["Selection time: not measured (run `bench/al_selection_time.py`)."]
+    lines = ["| strategy | " + " | ".join(f"{pool:,} scans, {size} px" for size, pool in columns) + " |",
+             "|---|" + "---:|" * len(columns)]  # fmt: skip
+    for strategy in STRATEGIES:
+        cells = [_seconds(selection.get((strategy, size, pool))) for size, pool in columns]
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _paired(rows: list[dict], arm: str, reference: str = "random") -> str | None:
-    """Mean over seeds of (arm - reference) mean Dice over rounds 1..R (seeds both ran), with the per-seed values."""
+    """(arm - reference) mean Dice over rounds 1..R, paired by seed: mean ± standard deviation and per seed."""
     per_seed: dict[str, dict[int, list[float]]] = {}
     for r in rows:
         if int(r["round"]) == 0:
@@ -158,46 +201,40 @@ def _paired(rows: list[dict], arm: str, reference: str = "random") -> str | None
         name = Arm(r["strategy"], r["pseudo_label"] in (True, "True")).name
         per_seed.setdefault(name, {}).setdefault(int(r["seed"]), []).append(float(r["dice"]))
     a, b = per_seed.get(arm, {}), per_seed.get(reference, {})
-    seeds = sorted(set(a) & set(b))
+    seeds = sorted(s for s in set(a) & set(b) if len(a[s]) == len(b[s]))
     if not seeds:
         return None
     diffs = [100 * (np.mean(a[s]) - np.mean(b[s])) for s in seeds]
     values = ", ".join(f"{d:+.2f}" for d in diffs)
-    return f"{arm} - {reference}: {np.mean(diffs):+.2f} Dice points (mean over rounds 1+; per seed {values})"
+    better = sum(d > 0 for d in diffs)
+    return (
+        f"{arm} - {reference}: {np.mean(diffs):+.2f} ± {np.std(diffs):.2f} Dice points (mean over rounds 1+; "
+        f"per seed {values}; better on {better} of {len(diffs)})"
+    )
 
 
-def _labels_to_match_random(rows: list[dict]) -> list[str]:
-    """Per arm: the fewest labels whose mean Dice reaches random's mean Dice at its most labels."""
-    by_arm = {arm: curve for arm, curve in curves(rows).items() if arm != FULL}
-    if "random" not in by_arm:
-        return []
-    most = max(by_arm["random"])
-    target = float(np.mean(by_arm["random"][most]))
-    lines = []
-    for arm, curve in by_arm.items():
-        needed = labels_to_reach(curve, target)
-        reached = f"{needed} labels" if needed is not None else f"not reached with {max(curve)} labels"
-        lines.append(f"{arm}: random's {most}-label Dice ({100 * target:.2f} %) with {reached}")
-    return lines
-
-
-def _pseudo_label_lines(records: list[dict], pool: int) -> list[str]:
-    """Per pseudo-labelling arm: how many of the unlabelled images stage 3 offered the filter accepted."""
-    lines = []
-    for strategy in STRATEGIES:
-        rounds = [r for r in records if r["strategy"] == strategy and r["pseudo_label"]]
-        if rounds:
-            offered = sum(pool - int(r["n_labels"]) for r in rounds)
-            accepted = sum(int(r["pseudo_labels_accepted"]) for r in rounds)
-            lines.append(
-                f"{strategy}+pl: {accepted} of {offered} pseudo-labels accepted by the method's filter "
-                f"({len(rounds)} rounds over {len({r['seed'] for r in rounds})} seed(s))"
-            )
+def _pseudo_label_table(records: list[dict], pool: int) -> list[str]:
+    """Per pseudo-labelling arm and round: pseudo-labels the method's filter accepted of those offered (all seeds)."""
+    arms = [s for s in STRATEGIES if any(r["strategy"] == s and r["pseudo_label"] for r in records)]
+    if not arms:
+        return ["No pseudo-labelling arm has run yet."]
+    rounds = sorted({int(r["round"]) for r in records})
+    lines = ["| arm | " + " | ".join(f"round {i}" for i in rounds) + " | all |", "|---|" + "---:|" * (len(rounds) + 1)]
+    for strategy in arms:
+        mine = [r for r in records if r["strategy"] == strategy and r["pseudo_label"]]
+        cells = []
+        for index in [*rounds, None]:
+            chosen = [r for r in mine if index is None or int(r["round"]) == index]
+            offered = sum(pool - int(r["n_labels"]) for r in chosen)
+            accepted = sum(int(r["pseudo_labels_accepted"]) for r in chosen)
+            cells.append(f"{accepted} / {offered} ({len(chosen)})" if chosen else "")
+        lines.append(f"| {strategy}+pl | " + " | ".join(cells) + " |")
     return lines
 
 
 def render(args: argparse.Namespace, rows: list[dict], seconds: float, records: list[dict]) -> str:
     config, pool, val = build(args)
+    selection = _selection_seconds(args.selection_csv)
     host = machine()
     command = "nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/al_simulation.py --data " + shlex.quote(
         str(args.data)
@@ -220,9 +257,10 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float, records: 
     )
     return "\n".join(
         [
-            f"Measured {time.strftime('%Y-%m-%d')} on {host['cpu']}, {host['cores']} cores shared with another "
-            f"session's jobs, no GPU (torch {host['torch']}, MONAI {host['monai']}), 1 torch thread (2 threads under "
-            f"contention were 10x slower), under `nice -n 10`; load average at the end {load_average():.1f}; "
+            f"Measured {time.strftime('%Y-%m-%d')} on {host['cpu']}, {host['cores']} cores shared with other jobs "
+            f"(the simulation ran as two queues of seeds, one core each, beside the selection timing), no GPU "
+            f"(torch {host['torch']}, MONAI {host['monai']}), 1 torch thread a process, under `nice -n 10`; "
+            f"load average at the end {load_average():.1f}; "
             f"{seconds / 60:.0f} min of simulation in total (sum of the rounds' training and picking).",
             "",
             f"Protocol (the library's `ActiveLearningSimulation`, as `sscase-monai simulate-al`): pool = HC18 `train` "
@@ -242,28 +280,35 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float, records: 
             f"schedule with all {len(build(args)[1])} pool images labelled from round 0, last round, seeds "
             f"{args.full_seeds}. Seeds: {args.seeds} (pseudo-labelling arms: {args.pl_seeds}).",
             "",
-            f"Command: `{command}` (phases main, full, pl into `{out}`; rerunning skips finished rounds). "
-            f"Phase 1 alone is `{cli}`.",
+            f"Command: `{command}` (phases main, full, pl into `{out}`; rerunning skips finished rounds; seeds can "
+            f"run in parallel, one process a core, e.g. `--seeds 1 --phases main`). Phase 1 alone is `{cli}`. "
+            f"Selection times: `{SELECTION_COMMAND}` with the seed-0 round-0 model (input "
+            f"{config.training.spec.input_size}) and with the shipped fetal-head model (`--model "
+            f"apps/sscase/starter/hc18_head.pt --sizes 500`, input 256).",
             "",
-            "![Dice vs labels](al_curve.png)",
+            f"![Dice vs labels]({CURVE_FILE.name})",
             "",
-            "Validation Dice (%), mean ± standard deviation over seeds:",
+            "Validation Dice (%), mean ± standard deviation over seeds; labels needed for the mean over seeds to reach "
+            "97 % and 99 % of the full-data Dice; the time the strategy takes to pick 8 of 5,000 unlabelled scans "
+            "(1 CPU thread):",
             "",
-            _table(rows),
+            _table(rows, selection, config.training.spec.input_size),
             "",
             *[f"- {line}" for line in summary_lines(rows, TARGETS)],
-            "",
-            "Labels needed to reach random's Dice with the most labels (mean over seeds):",
-            "",
-            *[f"- {line}" for line in _labels_to_match_random(rows)],
             "",
             "Paired by seed (same start set and round-0 model):",
             "",
             *[f"- {line}" for line in paired],
             "",
-            f"Stage 3's pseudo-labels (the method's filter: {PSEUDO_LABELS.describe()}):",
+            f"Stage 3's pseudo-labels per round, accepted / offered over every seed (rounds run): the method's filter "
+            f"({PSEUDO_LABELS.describe()}):",
             "",
-            *[f"- {line}" for line in _pseudo_label_lines(records, len(pool))],
+            *_pseudo_label_table(records, len(pool)),
+            "",
+            "Time to pick 8 images (`active_learning.select_batch`, 48 labelled images as coverage centers, 1 CPU "
+            "thread; scoring is per image, so the time grows with the pool):",
+            "",
+            *_selection_table(selection),
         ]
     )
 

@@ -561,7 +561,9 @@ def scoring_tasks(server: ServerProcess) -> list:
 def test_an_unknown_scoring_method_is_a_404_and_starts_nothing(server):
     before = scoring_tasks(server)
     response = send("POST", server, "/scoring/nope", json={})
-    assert_refused(response, 404, "unknown scoring method 'nope'; available: ['diversity', 'epistemic', 'tta']", server)
+    assert_refused(
+        response, 404, "unknown scoring method 'nope'; available: ['diversity', 'epistemic', 'hybrid', 'tta']", server
+    )
     assert scoring_tasks(server) == before  # MONAI Label had accepted it and started a task that failed
     response = send("POST", server, "/scoring/tta?run_sync=true", json={})  # a known one is served as before
     assert response.status_code == 200 and response.json()["scored"] >= 1, detail(response)

@@ -21,7 +21,7 @@ from slicer_io import load_reference_volume
 from slicer_module import SlicerModule
 
 from sscase_monai import biometry, io
-from sscase_monai.active_learning import model_version
+from sscase_monai.active_learning import SCORED_STRATEGIES, model_version
 
 pytestmark = pytest.mark.integration
 
@@ -209,11 +209,8 @@ def test_train_from_slicer_refuses_early_starts_at_epoch_0_and_rescores(tmp_path
 
         # after the training, every scoring method scores every unlabelled image again, with the new model
         version = model_version(server.model_dir / "sscase.pt")
-        wanted = {
-            "epistemic_entropy_model": version,
-            "tta_disagreement_model": version,
-            "diversity_distance_model": version,
-        }
+        wanted = {f"{strategy.key}_model": version for strategy in SCORED_STRATEGIES}
+        assert len(wanted) == 4  # epistemic, tta, diversity, hybrid
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             wait_until_scoring_is_idle(server.url)
