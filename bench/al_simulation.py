@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from al_selection_time import SELECTION_CSV, read_rows  # noqa: E402
 from common import RESULTS_FILE, SHARED_DATA, load_average, machine, setup_logging, write_section  # noqa: E402
 
-from sscase_monai.active_learning import STRATEGIES, STRATEGY_REGISTRY  # noqa: E402
+from sscase_monai.active_learning import LABEL_TARGETS, STRATEGIES, STRATEGY_REGISTRY  # noqa: E402
 from sscase_monai.al_simulation import (  # noqa: E402
     CURVE_PNG,
     FULL,
@@ -72,7 +72,6 @@ SELECTION_COMMAND = (
     "nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/al_selection_time.py "
     "--model bench/out/al128/seed0/round0/model.pt --sizes 500,5000"
 )
-TARGETS = (0.97, 0.99)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -114,7 +113,7 @@ def build(args: argparse.Namespace) -> tuple[SimulationConfig, list, list]:
         training=training,
         schedule=RoundSchedule(args.epochs, args.samples),
         pool_limit=args.pool_limit,
-        targets=TARGETS,
+        targets=LABEL_TARGETS,
     )
     return config, pool, val
 
@@ -161,7 +160,7 @@ def _table(rows: list[dict], selection: dict[tuple[str, int, int], float], input
     by_arm = {arm: curve for arm, curve in curves(rows).items() if arm != FULL}
     full = full_data_dice(rows)
     counts = sorted({n for c in by_arm.values() for n in c})
-    targets = [f"labels to {100 * t:g} % of full" for t in TARGETS]
+    targets = [f"labels to {100 * t:g} % of full" for t in LABEL_TARGETS]
     lines = ["| arm | " + " | ".join(f"{n} labels" for n in counts) + " | mean over rounds | "
              + " | ".join(targets) + f" | picking 8 of 5,000 scans ({input_size} px) |",
              "|---|" + "---:|" * (len(counts) + 2 + len(targets))]  # fmt: skip
@@ -171,7 +170,7 @@ def _table(rows: list[dict], selection: dict[tuple[str, int, int], float], input
             values = np.asarray(curve.get(n, []), float) * 100
             cells.append("" if not len(values) else f"{values.mean():.2f} ± {values.std():.2f} (n={len(values)})")
         cells.append(f"{np.mean([np.mean(v) for v in curve.values()]) * 100:.2f}")
-        for share in TARGETS:
+        for share in LABEL_TARGETS:
             needed = None if full is None else labels_to_reach(curve, share * full)
             cells.append(str(needed) if needed is not None else f"> {max(curve)}" if full is not None else "n/a")
         cells.append(_seconds(selection.get((Arm.parse(arm).strategy, input_size, 5000))))
@@ -294,7 +293,7 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float, records: 
             "",
             _table(rows, selection, config.training.spec.input_size),
             "",
-            *[f"- {line}" for line in summary_lines(rows, TARGETS)],
+            *[f"- {line}" for line in summary_lines(rows, LABEL_TARGETS)],
             "",
             "Paired by seed (same start set and round-0 model):",
             "",

@@ -144,6 +144,10 @@ SCORED_STRATEGIES: tuple[ActiveLearningStrategy, ...] = tuple(s for s in STRATEG
 """The strategies that rank by a model's score (the app's scoring methods and score-based strategies)."""
 
 
+LABEL_TARGETS: tuple[float, ...] = (0.97, 0.99)
+"""Shares of the full-data Dice at which ``simulate-al`` reports how many labels each strategy needed."""
+
+
 def get_strategy(name: str) -> ActiveLearningStrategy:
     """The registry's strategy called ``name``.
 

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sscase_monai.active_learning import STRATEGIES, get_strategy, select_batch
+from sscase_monai.active_learning import LABEL_TARGETS, STRATEGIES, get_strategy, select_batch
 from sscase_monai.inference import Predictor
 from sscase_monai.model_files import atomic_write_bytes
 from sscase_monai.training import SemiSupervisedTrainer, StagePlan, TrainingConfig
@@ -164,7 +164,7 @@ class SimulationConfig:
     schedule: RoundSchedule = field(default_factory=RoundSchedule)
     pool_limit: int | None = None
     mc_samples: int = 8
-    targets: tuple[float, ...] = (0.95,)
+    targets: tuple[float, ...] = LABEL_TARGETS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arms", tuple(self.arms))
@@ -458,7 +458,7 @@ def labels_to_reach(curve: Mapping[int, Sequence[float]], target: float) -> int 
     return None
 
 
-def summary_lines(rows: Sequence[Mapping[str, Any]], targets: Sequence[float] = (0.95,)) -> list[str]:
+def summary_lines(rows: Sequence[Mapping[str, Any]], targets: Sequence[float] = LABEL_TARGETS) -> list[str]:
     """One line per arm: labels needed to reach each share of the full-data Dice, and its mean Dice over rounds."""
     by_arm = curves(rows)
     full = full_data_dice(rows)

@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from sscase_monai.active_learning import STRATEGIES, STRATEGY_REGISTRY
+from sscase_monai.active_learning import LABEL_TARGETS, STRATEGIES, STRATEGY_REGISTRY
 from sscase_monai.cli.predict import parse_device, positive_int
 from sscase_monai.cli.train import float_list, int_list
 from sscase_monai.method import BATCH_SIZE
@@ -84,7 +84,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     loop.add_argument("--pool-limit", type=positive_int, metavar="N", help="score a seeded draw of N pool images")
     loop.add_argument("--mc-samples", type=positive_int, default=8, metavar="N", help="MC-dropout passes (8)")
     loop.add_argument(
-        "--targets", type=float_list, default=(0.95,), metavar="0.95", help="shares of the full-data Dice (0.95)"
+        "--targets",
+        type=float_list,
+        default=LABEL_TARGETS,
+        metavar="0.97,0.99",
+        help=f"shares of the full-data Dice ({','.join(f'{t:g}' for t in LABEL_TARGETS)})",
     )
 
     schedule = parser.add_argument_group("training of each round")
