@@ -145,8 +145,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _selection_seconds(path: Path) -> dict[tuple[str, int, int], float]:
-    """``{(strategy, input size, pool size): seconds}`` from ``bench/al_selection_time.py``'s CSV (empty if absent)."""
-    return {(r["strategy"], int(r["input_size"]), int(r["pool"])): float(r["seconds"]) for r in read_rows(path)}
+    """``{(strategy, input size, pool size): CPU seconds}`` from ``bench/al_selection_time.py``'s CSV (or empty)."""
+    return {(r["strategy"], int(r["input_size"]), int(r["pool"])): float(r["cpu_seconds"]) for r in read_rows(path)}
 
 
 def _seconds(value: float | None) -> str:
@@ -304,8 +304,8 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float, records: 
             "",
             *_pseudo_label_table(records, len(pool)),
             "",
-            "Time to pick 8 images (`active_learning.select_batch`, 48 labelled images as coverage centers, 1 CPU "
-            "thread; scoring is per image, so the time grows with the pool):",
+            "Time to pick 8 images (`active_learning.select_batch`, 48 labelled images as coverage centers; CPU time "
+            "of one torch thread, i.e. the time on an idle core; scoring is per image, so it grows with the pool):",
             "",
             *_selection_table(selection),
         ]
