@@ -43,6 +43,12 @@ def save_volume_as_slicer(image: str | Path, out: str | Path, labelmap: bool = F
     return out
 
 
+def progress_percent(stats: dict) -> float:
+    """The progress bar's percent ``monitorTraining`` shows for one model's ``train_stats`` while the task RUNS."""
+    current = 0 if stats.get("total_time") else stats.get("epoch", 1)
+    return max(1, 100 * current / stats.get("total_epochs", 1))
+
+
 @dataclass
 class RunResult:
     """What Run leaves in Slicer: the result file, its JSON and what was loaded from it."""
@@ -140,9 +146,7 @@ class SlicerModule:
         if not stats:
             return "RUNNING", None, None
         stats = next(iter(stats.values()))
-        current = 0 if stats.get("total_time") else stats.get("epoch", 1)
-        total = stats.get("total_epochs", 1)
-        return "RUNNING", max(1, 100 * current / total), stats.get("best_metric", 0)
+        return "RUNNING", progress_percent(stats), stats.get("best_metric", 0)
 
     def wait_for_training(self, timeout: float = 600.0, poll: float = 1.0) -> list[tuple[str, float | None]]:
         """Poll as the module does (every 5 s there; ``poll`` here) until the training ends; the ticks seen."""
