@@ -8,8 +8,8 @@ it depends on the other jobs). The pool is HC18 scans
 (``unlabeled``, then ``train`` and ``val`` after the 48 labelled ``train`` images); the 5,000-scan pool repeats them
 under distinct names (symbolic links in a temporary folder), since scoring time does not depend on which scan it is.
 
-Rows are appended to a CSV (``--csv``; a rerun skips what is measured). The table is written into the section
-"Active learning at the real operating point (issue #22)" by ``bench/al_simulation.py``.
+Rows are appended to ``bench/al_selection_time.csv`` (``--csv``; a rerun skips what is measured). The table is
+written into the section "Active learning at the real operating point (issue #22)" by ``bench/al_simulation.py``.
 
 Example (from the repository root)::
 
@@ -41,7 +41,8 @@ from sscase_monai.inference import Predictor  # noqa: E402
 
 logger = logging.getLogger("al_selection_time")
 
-SELECTION_CSV = REPO_ROOT / "bench" / "out" / "al_selection_time.csv"
+SELECTION_CSV = REPO_ROOT / "bench" / "al_selection_time.csv"
+"""The measured rows, kept in the repository (small) so the report can be rewritten without measuring again."""
 COLUMNS = (
     "model",
     "input_size",
@@ -50,6 +51,7 @@ COLUMNS = (
     "labelled",
     "picked",
     "seconds",
+    "cpu_seconds",
     "ms_per_image",
     "load_average",
     "cpu",

@@ -4,7 +4,8 @@ The simulation is the library's (:class:`sscase_monai.al_simulation.ActiveLearni
 ``sscase-monai simulate-al`` runs); this script runs it in phases into one output folder (finished rounds are skipped
 when it is rerun), then writes the section "Active learning at the real operating point (issue #22)" of
 ``bench/RESULTS.md`` (with the selection times of ``bench/al_selection_time.py`` when measured) and copies the
-learning curve to ``bench/al_curve_128.png``:
+learning curve to ``bench/al_curve_128.png`` and the finished rounds to ``bench/al_simulation_128.csv`` (what
+``--report-only`` reads when ``--out`` is gone):
 
 1. ``main``: every strategy of the registry (random, epistemic, tta, diversity, hybrid), every ``--seeds`` seed;
 2. ``full``: the full-data reference (every pool image labelled, same rounds and schedule), ``--full-seeds``;
@@ -68,6 +69,9 @@ logger = logging.getLogger("al_simulation")
 SECTION_TITLE = "Active learning at the real operating point (issue #22)"
 SCRIPT = "bench/al_simulation.py"
 CURVE_FILE = REPO_ROOT / "bench" / "al_curve_128.png"
+ROWS_CSV = REPO_ROOT / "bench" / "al_simulation_128.csv"
+"""Every finished round (``results.csv`` of ``--out``), kept in the repository: ``--report-only`` rewrites the section
+from it when ``--out`` is gone (the models and round records under ``bench/out`` are not committed)."""
 SELECTION_COMMAND = (
     "nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/al_selection_time.py "
     "--model bench/out/al128/seed0/round0/model.pt --sizes 500,5000"
@@ -93,6 +97,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pool-limit", type=int, default=None, help="score a seeded draw of N pool images")
     parser.add_argument("--report-only", action="store_true", help="only regenerate the section from --out")
     parser.add_argument("--results", type=Path, default=RESULTS_FILE, help="Markdown file to update")
+    parser.add_argument("--rows", type=Path, default=ROWS_CSV, help="the repository's copy of the finished rounds")
     parser.add_argument("--selection-csv", type=Path, default=SELECTION_CSV, help="bench/al_selection_time.py's CSV")
     return parser.parse_args(argv)
 
@@ -149,10 +154,19 @@ def _selection_seconds(path: Path) -> dict[tuple[str, int, int], float]:
     return {(r["strategy"], int(r["input_size"]), int(r["pool"])): float(r["cpu_seconds"]) for r in read_rows(path)}
 
 
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "not measured"
+def _seconds(value: float) -> str:
     return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+def _pick_time(selection: dict[tuple[str, int, int], float], strategy: str, size: int, pool: int) -> str:
+    """The measured time, else an estimate from the largest smaller pool measured (scoring is per image, so the
+    time grows linearly with the pool; marked "≈ ... est."), else "not measured"."""
+    if (strategy, size, pool) in selection:
+        return _seconds(selection[strategy, size, pool])
+    smaller = sorted(p for s, z, p in selection if s == strategy and z == size and p < pool)
+    if not smaller:
+        return "not measured"
+    return f"≈ {_seconds(selection[strategy, size, smaller[-1]] * pool / smaller[-1])} est."
 
 
 def _table(rows: list[dict], selection: dict[tuple[str, int, int], float], input_size: int) -> str:
@@ -173,7 +187,7 @@ def _table(rows: list[dict], selection: dict[tuple[str, int, int], float], input
         for share in LABEL_TARGETS:
             needed = None if full is None else labels_to_reach(curve, share * full)
             cells.append(str(needed) if needed is not None else f"> {max(curve)}" if full is not None else "n/a")
-        cells.append(_seconds(selection.get((Arm.parse(arm).strategy, input_size, 5000))))
+        cells.append(_pick_time(selection, Arm.parse(arm).strategy, input_size, 5000))
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -186,7 +200,7 @@ def _selection_table(selection: dict[tuple[str, int, int], float]) -> list[str]:
     lines = ["| strategy | " + " | ".join(f"{pool:,} scans, {size} px" for size, pool in columns) + " |",
              "|---|" + "---:|" * len(columns)]  # fmt: skip
     for strategy in STRATEGIES:
-        cells = [_seconds(selection.get((strategy, size, pool))) for size, pool in columns]
+        cells = [_pick_time(selection, strategy, size, pool) for size, pool in columns]
         lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
     return lines
 
@@ -212,15 +226,16 @@ def _paired(rows: list[dict], arm: str, reference: str = "random") -> str | None
     )
 
 
-def _pseudo_label_table(records: list[dict], pool: int) -> list[str]:
+def _pseudo_label_table(rows: list[dict], pool: int) -> list[str]:
     """Per pseudo-labelling arm and round: pseudo-labels the method's filter accepted of those offered (all seeds)."""
-    arms = [s for s in STRATEGIES if any(r["strategy"] == s and r["pseudo_label"] for r in records)]
+    labelled = [r for r in rows if r["pseudo_label"] == "True"]
+    arms = [s for s in STRATEGIES if any(r["strategy"] == s for r in labelled)]
     if not arms:
         return ["No pseudo-labelling arm has run yet."]
-    rounds = sorted({int(r["round"]) for r in records})
+    rounds = sorted({int(r["round"]) for r in labelled})
     lines = ["| arm | " + " | ".join(f"round {i}" for i in rounds) + " | all |", "|---|" + "---:|" * (len(rounds) + 1)]
     for strategy in arms:
-        mine = [r for r in records if r["strategy"] == strategy and r["pseudo_label"]]
+        mine = [r for r in labelled if r["strategy"] == strategy]
         cells = []
         for index in [*rounds, None]:
             chosen = [r for r in mine if index is None or int(r["round"]) == index]
@@ -231,7 +246,7 @@ def _pseudo_label_table(records: list[dict], pool: int) -> list[str]:
     return lines
 
 
-def render(args: argparse.Namespace, rows: list[dict], seconds: float, records: list[dict]) -> str:
+def render(args: argparse.Namespace, rows: list[dict], seconds: float) -> str:
     config, pool, val = build(args)
     selection = _selection_seconds(args.selection_csv)
     host = machine()
@@ -302,10 +317,11 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float, records: 
             f"Stage 3's pseudo-labels per round, accepted / offered over every seed (rounds run): the method's filter "
             f"({PSEUDO_LABELS.describe()}):",
             "",
-            *_pseudo_label_table(records, len(pool)),
+            *_pseudo_label_table(rows, len(pool)),
             "",
             "Time to pick 8 images (`active_learning.select_batch`, 48 labelled images as coverage centers; CPU time "
-            "of one torch thread, i.e. the time on an idle core; scoring is per image, so it grows with the pool):",
+            "of one torch thread, i.e. the time on an idle core; scoring is per image, so it grows with the pool; "
+            '"est." = not measured at that size, 10 x the 500-scan time):',
             "",
             *_selection_table(selection),
         ]
@@ -322,16 +338,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(args)
     config, pool, val = build(args)
     simulation = ActiveLearningSimulation(config, pool, val, args.out)
-    rows = simulation.write_outputs()
-    if not rows:
-        raise SystemExit(f"no finished round in {args.out}")
-    with open(args.out / RESULTS_CSV) as f:
+    if simulation.records():  # the finished rounds in --out, kept as the repository's copy of the figures
+        simulation.write_outputs()
+        shutil.copyfile(args.out / RESULTS_CSV, args.rows)
+    elif not args.rows.is_file():
+        raise SystemExit(f"no finished round in {args.out} and no {args.rows}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.rows) as f:
         rows = list(csv.DictReader(f))
-    records = simulation.records()
-    seconds = sum(float(r["train_seconds"]) + float(r["select_seconds"]) for r in records)
+    seconds = sum(float(r["train_seconds"]) + float(r["select_seconds"]) for r in rows)
     plot_learning_curve(rows, args.out / CURVE_PNG, title=f"HC18, {config.training.spec.input_size} px CPU schedule")
     shutil.copyfile(args.out / CURVE_PNG, CURVE_FILE)
-    write_section(SECTION_TITLE, render(args, rows, seconds, records), SCRIPT, args.results)
+    write_section(SECTION_TITLE, render(args, rows, seconds), SCRIPT, args.results)
     logger.info("updated %s and %s", args.results, CURVE_FILE)
     return 0
 
