@@ -297,8 +297,13 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float) -> str:
             f"Command: `{command}` (phases main, full, pl into `{out}`; rerunning skips finished rounds; seeds can "
             f"run in parallel, one process a core, e.g. `--seeds 1 --phases main`). Phase 1 alone is `{cli}`. "
             f"Selection times: `{SELECTION_COMMAND}` with the seed-0 round-0 model (input "
-            f"{config.training.spec.input_size}) and with the shipped fetal-head model (`--model "
-            f"apps/sscase/starter/hc18_head.pt --sizes 500`, input 256).",
+            f"{config.training.spec.input_size})"
+            + (
+                " and with the shipped fetal-head model (`--model apps/sscase/starter/hc18_head.pt --sizes 500`, input"
+                " 256, the app's)."
+                if any(size != config.training.spec.input_size for _, size, _ in selection)
+                else " (the sizes 500 and 5,000 split over runs as time allowed; `--strategies` chooses)."
+            ),
             "",
             f"![Dice vs labels]({CURVE_FILE.name})",
             "",

@@ -60,7 +60,7 @@ def test_info_lists_model_trainer_strategies_and_scoring(client):
     trainer_options = info["trainers"]["sscase"]["config"]
     assert {"stages", "epochs", "learning_rates", "batch_size", "samples_per_image"} <= set(trainer_options)
     assert {"random", "first", "epistemic", "tta", "diversity", "hybrid"} <= set(info["strategies"])
-    assert next(iter(info["strategies"])) == "diversity"  # the default, listed first for Slicer (issue #12)
+    assert next(iter(info["strategies"])) == "hybrid"  # the default, listed first for Slicer (issue #22)
     assert {"epistemic", "tta", "diversity", "hybrid"} <= set(info["scoring"])
     assert info["labels"] == ["cerebellum"]
 

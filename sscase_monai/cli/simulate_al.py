@@ -39,8 +39,8 @@ Written to OUT (rerunning the same command skips finished rounds; other arms or 
 
 Example:
   sscase-monai simulate-al --images hc18/train/images --labels hc18/train/labels --val-images hc18/val/images \\
-      --val-labels hc18/val/labels --start 8 --step 8 --rounds 5 --strategies random,epistemic,tta,diversity,full \\
-      --seeds 0,1,2 --input-size 64 --epochs 2 --samples 512 --out runs/al
+      --val-labels hc18/val/labels --start 8 --step 8 --rounds 6 --strategies random,hybrid,full \\
+      --seeds 0,1,2 --input-size 128 --epochs 2 --samples 1024 --out runs/al
 """
 
 
