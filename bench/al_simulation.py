@@ -45,9 +45,9 @@ from common import RESULTS_FILE, SHARED_DATA, load_average, machine, setup_loggi
 
 from sscase_monai.active_learning import LABEL_TARGETS, STRATEGIES, STRATEGY_REGISTRY  # noqa: E402
 from sscase_monai.al_simulation import (  # noqa: E402
+    CSV_COLUMNS,
     CURVE_PNG,
     FULL,
-    RESULTS_CSV,
     ActiveLearningSimulation,
     Arm,
     RoundSchedule,
@@ -70,8 +70,9 @@ SECTION_TITLE = "Active learning at the real operating point (issue #22)"
 SCRIPT = "bench/al_simulation.py"
 CURVE_FILE = REPO_ROOT / "bench" / "al_curve_128.png"
 ROWS_CSV = REPO_ROOT / "bench" / "al_simulation_128.csv"
-"""Every finished round (``results.csv`` of ``--out``), kept in the repository: ``--report-only`` rewrites the section
-from it when ``--out`` is gone (the models and round records under ``bench/out`` are not committed)."""
+"""Every finished round, kept in the repository: each report merges ``--out``'s rounds into it, and ``--report-only``
+rewrites the section from it when ``--out`` is gone (the models and round records under ``bench/out`` are not
+committed)."""
 SELECTION_COMMAND = (
     "nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/al_selection_time.py "
     "--model bench/out/al128/seed0/round0/model.pt --sizes 500,5000"
@@ -123,8 +124,29 @@ def build(args: argparse.Namespace) -> tuple[SimulationConfig, list, list]:
     return config, pool, val
 
 
+def kept_rows(simulation: ActiveLearningSimulation, rows_csv: Path) -> list[dict[str, str]]:
+    """The repository's copy of the finished rounds with ``--out``'s records merged in (``--out`` wins a round both
+    hold), so a run in a new checkout adds to the figures instead of replacing them."""
+    key_columns = ("strategy", "pseudo_label", "seed", "round")
+    rows: dict[tuple[str, ...], dict[str, str]] = {}
+    if rows_csv.is_file():
+        with open(rows_csv) as f:
+            rows = {tuple(r[k] for k in key_columns): r for r in csv.DictReader(f)}
+    for record in simulation.records():
+        row = {k: str(record[k]) for k in CSV_COLUMNS}
+        rows[tuple(row[k] for k in key_columns)] = row
+    order = (*STRATEGIES, FULL)
+
+    def sort_key(row: dict[str, str]) -> tuple:
+        strategy = row["strategy"]
+        rank = order.index(strategy) if strategy in order else len(order)
+        return rank, row["pseudo_label"] == "True", int(row["seed"]), int(row["round"])
+
+    return sorted(rows.values(), key=sort_key)
+
+
 def best_strategy(rows: list[dict]) -> str:
-    """The non-random strategy with the highest mean Dice over rounds (phase 1)."""
+    """The non-random strategy with the highest mean Dice over rounds (phase 1; pseudo-labelling arms ignored)."""
     means = {arm: float(np.mean([np.mean(v) for v in c.values()])) for arm, c in curves(rows).items()}
     candidates = [s for s in STRATEGIES if s != "random" and s in means]
     return max(candidates, key=lambda s: means[s])
@@ -139,8 +161,7 @@ def run(args: argparse.Namespace) -> None:
         elif phase == "full":
             phase_config = replace(config, arms=(Arm(FULL),), seeds=int_list(args.full_seeds))
         elif phase == "pl":
-            rows = ActiveLearningSimulation(config, pool, val, args.out).records()
-            best = best_strategy([r for r in rows if not r["pseudo_label"]])
+            best = best_strategy(kept_rows(ActiveLearningSimulation(config, pool, val, args.out), args.rows))
             phase_config = replace(config, arms=(Arm("random", True), Arm(best, True)), seeds=int_list(args.pl_seeds))
         else:
             raise SystemExit(f"unknown phase {phase!r}")
@@ -182,7 +203,8 @@ def _table(rows: list[dict], selection: dict[tuple[str, int, int], float], input
         cells = []
         for n in counts:
             values = np.asarray(curve.get(n, []), float) * 100
-            cells.append("" if not len(values) else f"{values.mean():.2f} ± {values.std():.2f} (n={len(values)})")
+            spread = f" ± {values.std():.2f}" if len(values) > 1 else ""
+            cells.append("" if not len(values) else f"{values.mean():.2f}{spread} (n={len(values)})")
         cells.append(f"{np.mean([np.mean(v) for v in curve.values()]) * 100:.2f}")
         for share in LABEL_TARGETS:
             needed = None if full is None else labels_to_reach(curve, share * full)
@@ -206,19 +228,27 @@ def _selection_table(selection: dict[tuple[str, int, int], float]) -> list[str]:
 
 
 def _paired(rows: list[dict], arm: str, reference: str = "random") -> str | None:
-    """(arm - reference) mean Dice over rounds 1..R, paired by seed: mean ± standard deviation and per seed."""
-    per_seed: dict[str, dict[int, list[float]]] = {}
+    """(arm - reference) mean Dice over the rounds 1..R both ran, paired by seed: mean ± standard deviation and per
+    seed."""
+    per_seed: dict[str, dict[int, dict[int, float]]] = {}
     for r in rows:
         if int(r["round"]) == 0:
             continue
         name = Arm(r["strategy"], r["pseudo_label"] in (True, "True")).name
-        per_seed.setdefault(name, {}).setdefault(int(r["seed"]), []).append(float(r["dice"]))
+        per_seed.setdefault(name, {}).setdefault(int(r["seed"]), {})[int(r["round"])] = float(r["dice"])
     a, b = per_seed.get(arm, {}), per_seed.get(reference, {})
-    seeds = sorted(s for s in set(a) & set(b) if len(a[s]) == len(b[s]))
+    common = {s: sorted(set(a[s]) & set(b[s])) for s in sorted(set(a) & set(b))}
+    seeds = [s for s, rounds in common.items() if rounds]
     if not seeds:
         return None
-    diffs = [100 * (np.mean(a[s]) - np.mean(b[s])) for s in seeds]
-    values = ", ".join(f"{d:+.2f}" for d in diffs)
+    diffs = [100 * np.mean([a[s][i] - b[s][i] for i in common[s]]) for s in seeds]
+    reference_rounds = max(len(rounds) for rounds in b.values())
+
+    def per_seed_text(seed: int, diff: float) -> str:
+        short = len(common[seed]) < reference_rounds
+        return f"{diff:+.2f}" + (f" (rounds 1-{max(common[seed])} only)" if short else "")
+
+    values = ", ".join(per_seed_text(s, d) for s, d in zip(seeds, diffs, strict=True))
     better = sum(d > 0 for d in diffs)
     return (
         f"{arm} - {reference}: {np.mean(diffs):+.2f} ± {np.std(diffs):.2f} Dice points (mean over rounds 1+; "
@@ -343,14 +373,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(args)
     config, pool, val = build(args)
     simulation = ActiveLearningSimulation(config, pool, val, args.out)
-    if simulation.records():  # the finished rounds in --out, kept as the repository's copy of the figures
+    if simulation.records():
         simulation.write_outputs()
-        shutil.copyfile(args.out / RESULTS_CSV, args.rows)
-    elif not args.rows.is_file():
+    rows = kept_rows(simulation, args.rows)
+    if not rows:
         raise SystemExit(f"no finished round in {args.out} and no {args.rows}")
     args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.rows) as f:
-        rows = list(csv.DictReader(f))
+    with open(args.rows, "w", newline="") as f:  # the repository's copy of the figures
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
     seconds = sum(float(r["train_seconds"]) + float(r["select_seconds"]) for r in rows)
     plot_learning_curve(rows, args.out / CURVE_PNG, title=f"HC18, {config.training.spec.input_size} px CPU schedule")
     shutil.copyfile(args.out / CURVE_PNG, CURVE_FILE)
