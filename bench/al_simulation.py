@@ -293,7 +293,10 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float) -> str:
     )
     arms = {Arm.parse(name) for name in curves(rows)}
     paired = [_paired(rows, s) for s in STRATEGIES[1:]]
-    paired += [_paired(rows, f"{s}+pl", s) for s in STRATEGIES if Arm(s, True) in arms]
+    pl_arms = [s for s in STRATEGIES if Arm(s, True) in arms]
+    paired += [_paired(rows, f"{s}+pl", s) for s in pl_arms]
+    paired += [_paired(rows, f"{s}+pl") for s in pl_arms if s != "random"]
+    paired += [_paired(rows, f"{s}+pl", "random+pl") for s in pl_arms if s != "random"]
     paired = [p for p in paired if p]
     stage_lrs = ", ".join(f"{s.lr:g}" for s in config.training.stages)
     strategies = "; ".join(
