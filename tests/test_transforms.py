@@ -470,3 +470,20 @@ def test_median_denoise_is_exactly_scipys_median(kernel_size):
         T.median_denoise(torch.from_numpy(as_uint8), kernel_size).numpy(),
         ndimage.median_filter(as_uint8, size=(1, kernel_size, kernel_size), mode="nearest"),
     )
+
+
+def test_cutout_blanks_rectangles_of_the_image_only_and_is_off_by_default():
+    item = _square_item()
+    item["image"] = item["image"] * 0 + 0.7  # no zero before occlusion
+    geometric_only = {"operations": ("dilate",), "kernel_sizes": (1,), "geometric_variants": ("original",)}
+    plain = Compose(T.build_train_augment(**geometric_only, input_size=64))
+    assert torch.equal(plain(dict(item))["image"], item["image"])  # off by default
+    occluded = Compose(T.build_train_augment(**geometric_only, cutout_prob=1.0, input_size=64)).set_random_state(0)
+    out = occluded(dict(item))
+    blank = out["image"][0] == 0
+    assert torch.equal(out["image"][1] == 0, blank)  # every channel alike
+    rows, cols = blank.any(1).sum().item(), blank.any(0).sum().item()
+    assert min(rows, cols) >= 64 // 8 and max(rows, cols) <= 2 * round(64 / 3)  # 1-2 rectangles of 1/8..1/3 side
+    assert torch.equal(out["label"], item["label"])  # the label is kept: the network learns to complete it
+    with pytest.raises(ValueError, match="cutout_prob must be within \\[0, 1\\], got 1.5"):
+        T.build_train_augment(cutout_prob=1.5)

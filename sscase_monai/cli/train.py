@@ -180,6 +180,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     schedule.add_argument(
         "--consistency-weight", type=float, default=0.0, metavar="W", help="MSE consistency on unlabelled (0: off)"
     )
+    schedule.add_argument(
+        "--cutout-prob",
+        type=fraction,
+        default=0.0,
+        metavar="P",
+        help="occlude a training image with 1-2 blank rectangles, label kept, with this probability (0: off)",
+    )
     schedule.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (0)")
 
     pseudo = parser.add_argument_group("stage 3 pseudo-labels")
@@ -312,6 +319,7 @@ def build_config(args: argparse.Namespace) -> Any:
         amp=not args.no_amp,
         seed=args.seed,
         consistency_weight=args.consistency_weight,
+        cutout_prob=args.cutout_prob,
         pseudo_labels=PseudoLabelConfig(
             confidence=args.pseudo_confidence,
             min_confident_fraction=args.pseudo_min_fraction,

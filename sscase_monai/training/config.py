@@ -60,6 +60,8 @@ class TrainingConfig:
         consistency_weight: weight of the MSE consistency term between two flipped views of unlabelled images
             (0 = off, the notebook's recipe).
         pseudo_labels: stage 3's selection rule (default: the method's, :data:`sscase_monai.method.PSEUDO_LABELS`).
+        cutout_prob: probability of occluding a training image with blank rectangles, the label kept (0 = off, the
+            method's augmentation only; :func:`sscase_monai.transforms.build_train_augment`).
         val_batch_size: images per validation forward pass (default: ``batch_size``).
         progress: show a tqdm bar per epoch (only on a terminal, only in the main process).
         tensorboard: write TensorBoard event files to ``out_dir/tensorboard``.
@@ -81,6 +83,7 @@ class TrainingConfig:
     seed: int = 0
     consistency_weight: float = 0.0
     pseudo_labels: PseudoLabelConfig = PSEUDO_LABELS
+    cutout_prob: float = 0.0
     val_batch_size: int | None = None
     progress: bool = True
     tensorboard: bool = True
@@ -111,6 +114,8 @@ class TrainingConfig:
             raise ValueError(f"num_workers must be a whole number >= 0, got {self.num_workers!r}")
         if self.consistency_weight < 0:
             raise ValueError(f"consistency_weight must be >= 0, got {self.consistency_weight!r}")
+        if not 0.0 <= self.cutout_prob <= 1.0:
+            raise ValueError(f"cutout_prob must be within [0, 1], got {self.cutout_prob!r}")
         _check_device(self.device)
 
     def stage(self, number: int) -> StageConfig:

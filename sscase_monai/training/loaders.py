@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from sscase_monai.data import RepeatDataset
 from sscase_monai.model_files import ModelSpec
 from sscase_monai.transforms import build_train_augment
+from sscase_monai.transforms.resizing import DEFAULT_INPUT_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ def build_train_loader(
     world_size: int = 1,
     rank: int = 0,
     pin_memory: bool = False,
+    cutout_prob: float = 0.0,
+    input_size: int = DEFAULT_INPUT_SIZE,
 ) -> tuple[DataLoader, RepeatDataset, DistributedSampler]:
     """A loader of augmented training batches; call ``set_epoch`` on the dataset and the sampler every epoch.
 
@@ -80,11 +83,17 @@ def build_train_loader(
     Workers are not persistent on purpose: a persistent worker keeps its own copy of the dataset, and would not see
     ``RepeatDataset.set_epoch``. With ``fork`` (Linux) a new worker shares the cache without copying it.
 
+    ``cutout_prob`` and ``input_size`` set the optional occlusion augmentation
+    (:func:`sscase_monai.transforms.build_train_augment`).
+
     Returns:
         ``(loader, dataset, sampler)``.
     """
     dataset = RepeatDataset(
-        cache, transform=Compose(build_train_augment()), samples_per_image=samples_per_image, seed=seed
+        cache,
+        transform=Compose(build_train_augment(cutout_prob=cutout_prob, input_size=input_size)),
+        samples_per_image=samples_per_image,
+        seed=seed,
     )
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False)
     # a last batch of one image would train batch norm on a single image's statistics (and fails at 1x1 features)

@@ -161,6 +161,8 @@ class StageLoop:
             world_size=self.context.world_size,
             rank=self.context.rank,
             pin_memory=self.context.device.type == "cuda",
+            cutout_prob=self.config.cutout_prob,
+            input_size=self.config.spec.input_size,
         )
         logger.info(
             "stage %d (%s): %d image(s) x %d samples, %d epoch(s) planned, lr %g%s",

@@ -30,6 +30,12 @@ GEOMETRIC_VARIANTS: tuple[str, ...] = ("original", "hflip", "vflip", "zoom")
 CENTRE_ZOOM = 1.2
 """The method's centre zoom factor."""
 
+CUTOUT_HOLES: tuple[int, int] = (1, 2)
+"""Occlusion augmentation (not the method's; off unless asked for): fewest and most blanked rectangles per image."""
+
+CUTOUT_SIDE_FRACTION: tuple[float, float] = (1 / 8, 1 / 3)
+"""Occlusion augmentation: smallest and largest side of a blanked rectangle, as a fraction of the input side."""
+
 
 def _square_filter(mask: np.ndarray, kernel_size: int, reduce: np.ufunc) -> np.ndarray:
     """``k x k`` min or max filter of a 2-D array, edges replicated: exactly ``scipy.ndimage.minimum_filter`` /

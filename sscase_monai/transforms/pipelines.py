@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from monai.config import KeysCollection
-from monai.transforms import Compose, EnsureTyped, Transform
+from monai.transforms import Compose, EnsureTyped, RandCoarseDropoutd, Transform
 from monai.utils import ensure_tuple
 
 from sscase_monai import io
 from sscase_monai.transforms.augmentation import (
     CENTRE_ZOOM,
+    CUTOUT_HOLES,
+    CUTOUT_SIDE_FRACTION,
     GEOMETRIC_VARIANTS,
     MORPHOLOGY_KERNEL_SIZES,
     MORPHOLOGY_OPERATIONS,
@@ -71,16 +73,25 @@ def build_train_augment(
     geometric_variants: Sequence[str] = GEOMETRIC_VARIANTS,
     zoom: float = CENTRE_ZOOM,
     mask_prob: float = 1.0,
+    cutout_prob: float = 0.0,
+    input_size: int = DEFAULT_INPUT_SIZE,
 ) -> list[Transform]:
-    """The random part of training: the method's augmentation (:class:`RandPaperAugmentd`), one draw per call.
+    """The random part of training: the method's augmentation (:class:`RandPaperAugmentd`), one draw per call, and
+    optionally occlusion.
+
+    Occlusion (``cutout_prob`` > 0; not the method's) blanks :data:`CUTOUT_HOLES` rectangles of the image with
+    sides of :data:`CUTOUT_SIDE_FRACTION` of ``input_size`` (MONAI's ``RandCoarseDropoutd``, filled with 0, the
+    label kept), so the network learns to complete a boundary it cannot see, e.g. a skull wall in acoustic shadow.
 
     It ends by turning MetaTensors into plain tensors: training batches need no metadata, and items from files of
     different kinds (a 2-D PNG beside a ``W x H x 1`` NIfTI) have geometry lists of different lengths that would not
     collate. Seed it with ``Compose(...).set_random_state(seed)``, or per item through
     ``sscase_monai.data.RepeatDataset``.
     """
+    if not 0.0 <= cutout_prob <= 1.0:
+        raise ValueError(f"cutout_prob must be within [0, 1], got {cutout_prob!r}")
     keys = ensure_tuple(keys)
-    return [
+    transforms: list[Transform] = [
         RandPaperAugmentd(
             keys,
             label_key=label_key,
@@ -89,9 +100,23 @@ def build_train_augment(
             geometric_variants=geometric_variants,
             zoom=zoom,
             mask_prob=mask_prob,
-        ),
-        EnsureTyped(keys, data_type="tensor", track_meta=False),
+        )
     ]
+    if cutout_prob > 0:
+        smallest, largest = (max(1, round(f * input_size)) for f in CUTOUT_SIDE_FRACTION)
+        transforms.append(
+            RandCoarseDropoutd(
+                [key for key in keys if key != label_key],
+                holes=CUTOUT_HOLES[0],
+                max_holes=CUTOUT_HOLES[1],
+                spatial_size=smallest,
+                max_spatial_size=largest,
+                fill_value=0.0,
+                prob=cutout_prob,
+            )
+        )
+    transforms.append(EnsureTyped(keys, data_type="tensor", track_meta=False))
+    return transforms
 
 
 def train_transforms(
