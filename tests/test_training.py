@@ -186,6 +186,7 @@ def test_config_stage_settings_round_trip_and_errors():
         ({"batch_size": 0}, "batch_size"),
         ({"device": "gpu"}, "device"),
         ({"consistency_weight": -1.0}, "consistency_weight"),
+        ({"cutout_prob": 1.5}, "cutout_prob must be within \\[0, 1\\], got 1.5"),
     ):
         with pytest.raises(ValueError, match=match):
             TrainingConfig(**bad)
