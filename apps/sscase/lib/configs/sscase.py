@@ -54,7 +54,7 @@ def default_strategy(scoring: bool, stages: str) -> str:
         stages: the stages a Train runs by default (``--conf train_stages``, e.g. ``"1,2,3"``).
     """
     try:
-        pseudo_labelling = 3 in {int(s) for s in stages.replace(" ", "").split(",") if s}
+        pseudo_labelling = 3 in lib.trainers.parse_ints(stages)  # parsed as the Train task parses it
     except ValueError as e:
         raise ValueError(f"--conf train_stages must be stage numbers like 1,2,3, got {stages!r}") from e
     return "hybrid" if scoring and not pseudo_labelling else "random"

@@ -1,5 +1,5 @@
 """sscase MONAI Label app: train tasks."""
 
-from .sscase import SSCASETrain
+from .sscase import SSCASETrain, parse_ints
 
-__all__ = ["SSCASETrain"]
+__all__ = ["SSCASETrain", "parse_ints"]

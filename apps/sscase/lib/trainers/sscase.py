@@ -162,7 +162,7 @@ class SSCASETrain(TrainTask):
                 spec=self.spec,
                 pretrained=self.pretrained,
                 init_weights=init if from_current else None,
-                run_stages=_ints(options["stages"]),
+                run_stages=parse_ints(options["stages"]),
                 batch_size=int(options["batch_size"]),
                 samples_per_image=int(options["samples_per_image"]),
                 num_workers=int(options["num_workers"]),
@@ -178,7 +178,7 @@ class SSCASETrain(TrainTask):
                 progress=False,
             )
             return config.with_stage_settings(
-                epochs=_ints(options["epochs"]), lr=[float(v) for v in str(options["learning_rates"]).split(",")]
+                epochs=parse_ints(options["epochs"]), lr=[float(v) for v in str(options["learning_rates"]).split(",")]
             )
         except (TypeError, ValueError) as e:
             raise HTTPException(400, f"invalid training option: {e}") from e
@@ -269,7 +269,8 @@ class PseudoLabelsToDatastore(TrainingCallback):
         logger.info("saved %d of %d pseudo-labels in the datastore (tag %r)", saved, len(records), PSEUDO_TAG)
 
 
-def _ints(value: Any) -> tuple[int, ...]:
+def parse_ints(value: Any) -> tuple[int, ...]:
+    """A Train option of whole numbers (``"1,2,3"``, ``"1, 2"`` or ``2``) as a tuple."""
     if isinstance(value, int):
         return (value,)
     return tuple(int(v) for v in str(value).replace(" ", "").split(",") if v)
