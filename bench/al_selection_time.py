@@ -38,6 +38,7 @@ from common import SHARED_DATA, load_average, machine, setup_logging  # noqa: E4
 from sscase_monai.active_learning import STRATEGIES, select_batch  # noqa: E402
 from sscase_monai.cli.train import int_list  # noqa: E402
 from sscase_monai.inference import Predictor  # noqa: E402
+from sscase_monai.transforms import format_input_size  # noqa: E402
 
 logger = logging.getLogger("al_selection_time")
 
@@ -108,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     predictor = Predictor.from_file(args.model, device="cpu")
     input_size = predictor.spec.input_size
+    size_text = str(input_size) if isinstance(input_size, int) else format_input_size(input_size)  # 256 or 256x384
     labelled, rest = scans(args.data)
     done = {(r["model"], r["strategy"], r["pool"]) for r in read_rows(args.csv)}
     host = machine()
@@ -125,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
                 row = {
                     "model": str(args.model),
-                    "input_size": input_size,
+                    "input_size": size_text,
                     "strategy": strategy,
                     "pool": size,
                     "labelled": len(labelled),
@@ -138,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "torch": host["torch"],
                 }
                 logger.info(
-                    "%s on %d scans at %d px: %.1f s (%.1f s CPU)", strategy, size, input_size, seconds, cpu_seconds
+                    "%s on %d scans at %s px: %.1f s (%.1f s CPU)", strategy, size, size_text, seconds, cpu_seconds
                 )
                 new = not args.csv.is_file()
                 with open(args.csv, "a", newline="") as f:

@@ -63,6 +63,7 @@ from sscase_monai.data import pair_images_with_labels  # noqa: E402
 from sscase_monai.method import PSEUDO_LABELS  # noqa: E402
 from sscase_monai.model_files import ModelSpec  # noqa: E402
 from sscase_monai.training import TrainingConfig  # noqa: E402
+from sscase_monai.transforms import parse_input_size  # noqa: E402
 
 logger = logging.getLogger("al_simulation")
 
@@ -172,7 +173,10 @@ def run(args: argparse.Namespace) -> None:
 
 def _selection_seconds(path: Path) -> dict[tuple[str, int, int], float]:
     """``{(strategy, input size, pool size): CPU seconds}`` from ``bench/al_selection_time.py``'s CSV (or empty)."""
-    return {(r["strategy"], int(r["input_size"]), int(r["pool"])): float(r["cpu_seconds"]) for r in read_rows(path)}
+    return {
+        (r["strategy"], parse_input_size(r["input_size"]), int(r["pool"])): float(r["cpu_seconds"])
+        for r in read_rows(path)
+    }
 
 
 def _seconds(value: float) -> str:

@@ -57,6 +57,7 @@ from sscase_monai import export  # noqa: E402
 from sscase_monai.data import find_images  # noqa: E402
 from sscase_monai.inference import Predictor  # noqa: E402
 from sscase_monai.model_files import read_spec  # noqa: E402
+from sscase_monai.transforms import format_input_size  # noqa: E402
 
 logger = logging.getLogger("export_latency")
 
@@ -214,7 +215,7 @@ def _title(record: dict[str, Any]) -> str:
     kind = "binary" if spec["out_channels"] == 1 else f"{spec['out_channels']} classes"
     model = REPO_ROOT / record["model"]
     name = {STARTER_MODEL: "starter", PSFHS_MODEL: "PSFHS"}.get(model, model.parent.name)
-    return f"SS_CASE_UNet {name} ({kind}, {spec['input_size']}x{spec['input_size']})"
+    return f"SS_CASE_UNet {name} ({kind}, {format_input_size(spec['input_size'])})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

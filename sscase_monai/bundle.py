@@ -147,7 +147,7 @@ def inference_config(spec: ModelSpec) -> dict[str, Any]:
         "output_dir": "$@bundle_root + '/eval'",
         "output_ext": None,
         "tta": False,
-        "input_size": spec.input_size,
+        "input_size": list(spec.input_shape),
         "in_channels": spec.in_channels,
         "num_classes": spec.num_classes,
         "denoise": spec.denoise,
@@ -231,7 +231,8 @@ def bundle_metadata(spec: ModelSpec, sidecar: dict[str, Any], version: str = "0.
     label_values = {"0": "background", **{str(v): name for name, v in spec.labels.items()}}
     metrics = sidecar.get("training", {}).get("validation_metrics", {})
     eval_metrics = {f"val_{k}_{a}": metrics[a][k] for a in ("mean", "pooled") for k in ("dice",) if a in metrics}
-    size = [spec.input_size, spec.input_size]
+    size = list(spec.input_shape)
+    size_text = "x".join(map(str, size))
     return {
         "schema": METADATA_SCHEMA,
         "version": version,
@@ -244,7 +245,7 @@ def bundle_metadata(spec: ModelSpec, sidecar: dict[str, Any], version: str = "0.
         "task": f"2-D ultrasound segmentation of {', '.join(spec.labels)}",
         "description": (
             f"{title} ({spec.encoder if spec.architecture != 'basic_unet' else 'scratch'}) trained with sscase-monai, "
-            f"input {spec.input_size}x{spec.input_size}, label values {labels}. configs/inference.json segments every "
+            f"input {size_text}, label values {labels}. configs/inference.json segments every "
             "image of dataset_dir with the library's own preprocessing and writes each mask on its image's grid to "
             "output_dir."
         ),
@@ -253,7 +254,7 @@ def bundle_metadata(spec: ModelSpec, sidecar: dict[str, Any], version: str = "0.
         "data_type": "2-D images: png, jpeg, nifti or nrrd (one slice), dicom",
         "image_classes": (
             f"{spec.in_channels}-channel image in [0, 1]: gray ultrasound replicated to RGB, resized to "
-            f"{spec.input_size}x{spec.input_size}" + (", 5x5 median-denoised" if spec.denoise else "")
+            f"{size_text}" + (", 5x5 median-denoised" if spec.denoise else "")
         ),
         "label_classes": f"single channel label values: {{0 = background, {labels}}}",
         "pred_classes": (

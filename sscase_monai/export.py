@@ -4,10 +4,10 @@ Both graphs hold the network exactly as :class:`~sscase_monai.inference.Predicto
 (:func:`~sscase_monai.inference.optimize_for_inference`: batch norm folded into the convolutions) followed by the
 output activation, so they take what the network takes and return **probabilities**:
 
-- input ``image``: ``(N, C, S, S)`` float32 in [0, 1] (C = ``spec.in_channels``, S = ``spec.input_size``), i.e. the
-  output of the model's preprocessing (:func:`sscase_monai.transforms.build_preprocess`: read, scale to [0, 1],
-  gray to RGB, resize to S x S, 5x5 median if ``spec.denoise``); the batch axis is dynamic;
-- output ``probabilities``: ``(N, K, S, S)`` float32: for a binary model K = 1, the foreground's sigmoid (mask =
+- input ``image``: ``(N, C, H, W)`` float32 in [0, 1] (C = ``spec.in_channels``, (H, W) = ``spec.input_shape``),
+  i.e. the output of the model's preprocessing (:func:`sscase_monai.transforms.build_preprocess`: read, scale to
+  [0, 1], gray to RGB, resize to H x W, 5x5 median if ``spec.denoise``); the batch axis is dynamic;
+- output ``probabilities``: ``(N, K, H, W)`` float32: for a binary model K = 1, the foreground's sigmoid (mask =
   ``p > 0.5``); for K foreground classes K + 1 softmax channels, background first (mask = argmax, whose index is
   the label value).
 
@@ -102,7 +102,7 @@ def export_metadata(model_path: str | os.PathLike, spec: ModelSpec, format: str)
         "spec": spec.to_dict(),
         "input": {
             "name": INPUT_NAME,
-            "shape": ["N", spec.in_channels, spec.input_size, spec.input_size],
+            "shape": ["N", spec.in_channels, *spec.input_shape],
             "dtype": "float32",
             "value_range": [0.0, 1.0],
             "preprocessing": "sscase_monai.transforms.build_preprocess"
@@ -110,7 +110,7 @@ def export_metadata(model_path: str | os.PathLike, spec: ModelSpec, format: str)
         },
         "output": {
             "name": OUTPUT_NAME,
-            "shape": ["N", spec.out_channels, spec.input_size, spec.input_size],
+            "shape": ["N", spec.out_channels, *spec.input_shape],
             "dtype": "float32",
             "activation": "sigmoid" if spec.out_channels == 1 else "softmax",
             "mask": "probabilities[0] > 0.5" if spec.out_channels == 1 else "argmax over channels",
@@ -135,9 +135,7 @@ def _exportable(model_path: str | os.PathLike, channels_last: bool | None) -> tu
 
 
 def _example_input(spec: ModelSpec, batch: int) -> torch.Tensor:
-    return torch.rand(
-        batch, spec.in_channels, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(0)
-    )
+    return torch.rand(batch, spec.in_channels, *spec.input_shape, generator=torch.Generator().manual_seed(0))
 
 
 def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, opset: int = ONNX_OPSET) -> Path:
@@ -174,10 +172,10 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, opset: in
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(metadata), "labels": json.dumps(spec.labels)})
     proto.producer_name = "sscase-monai"
     proto.producer_version = __version__
+    height, width = spec.input_shape
     proto.doc_string = (
-        f"{spec.architecture} segmentation: {INPUT_NAME} (N, {spec.in_channels}, {spec.input_size}, "
-        f"{spec.input_size}) float32 in [0, 1] -> {OUTPUT_NAME} (N, {spec.out_channels}, {spec.input_size}, "
-        f"{spec.input_size}); labels {spec.labels}"
+        f"{spec.architecture} segmentation: {INPUT_NAME} (N, {spec.in_channels}, {height}, {width}) float32 in "
+        f"[0, 1] -> {OUTPUT_NAME} (N, {spec.out_channels}, {height}, {width}); labels {spec.labels}"
     )
     onnx.checker.check_model(proto)
     path = atomic_write_bytes(out, lambda f: f.write(proto.SerializeToString()))
@@ -236,7 +234,7 @@ class OnnxModel:
         self.spec = ModelSpec.from_dict(self.metadata["spec"])
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Probabilities ``(N, K, S, S)`` of preprocessed images ``(N, C, S, S)``."""
+        """Probabilities ``(N, K, H, W)`` of preprocessed images ``(N, C, H, W)``."""
         array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(array, dtype=np.float32)})[0]
 
@@ -263,7 +261,7 @@ class TorchScriptModel:
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Probabilities ``(N, K, S, S)`` of preprocessed images ``(N, C, S, S)``."""
+        """Probabilities ``(N, K, H, W)`` of preprocessed images ``(N, C, H, W)``."""
         tensor = torch.as_tensor(images, dtype=torch.float32).to(self.device)
         return self.module(tensor).float().cpu().numpy()
 
@@ -343,7 +341,7 @@ def check_export(
 
     Args:
         model_path: the saved model that was exported.
-        exported: preprocessed images ``(N, C, S, S)`` -> probabilities: :func:`load_exported`'s result, or a
+        exported: preprocessed images ``(N, C, H, W)`` -> probabilities: :func:`load_exported`'s result, or a
             network module returning probabilities (e.g. a :class:`ProbabilityNetwork`).
         images: image files or ``(H, W[, C])`` arrays; ``None``: :func:`sample_inputs`.
         source: how to name ``images`` in the summary.

@@ -28,7 +28,7 @@ from sscase_monai import io
 from sscase_monai.method import PSEUDO_LABELS, TTA_VIEWS
 from sscase_monai.model_files import ModelSpec, load_model
 from sscase_monai.probabilities import DEFAULT_THRESHOLD, class_indices, probabilities_from_logits
-from sscase_monai.transforms import resize_probabilities_to
+from sscase_monai.transforms import format_input_size, resize_probabilities_to
 from sscase_monai.tta import tta_predict
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 def restore_prediction(
     probabilities: torch.Tensor, geometry: io.ImageGeometry, threshold: float = DEFAULT_THRESHOLD
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(C, S, S)`` network-size probabilities -> (``(H, W)`` uint8 mask, ``(C, H, W)`` probabilities) on the grid."""
+    """``(C, H, W)`` network-size probabilities -> (``(H, W)`` uint8 mask, ``(C, H, W)`` probabilities) on the grid."""
     restored = np.asarray(resize_probabilities_to(probabilities.float().cpu(), geometry.shape_hw), np.float32)
     return class_indices(restored, threshold).astype(np.uint8), restored
 
@@ -172,7 +172,7 @@ class RestoreToOriginald(MapTransform):
     ``(H, W)`` uint8 mask to ``keys`` and the restored probabilities to ``probabilities_key``.
 
     Args:
-        keys: the prediction key(s) holding ``(C, S, S)`` probabilities.
+        keys: the prediction key(s) holding ``(C, H, W)`` probabilities.
         ref_image: the preprocessed image key whose meta has ``"geometry"``.
         probabilities_key: where to keep the restored probabilities (``None``: drop them).
         threshold: foreground threshold for a single-channel (binary) prediction.
@@ -272,11 +272,12 @@ class Predictor:
         device = resolve_device(device)
         network, spec = load_model(path, device=device)
         network = optimize_for_inference(network, inplace=True)
-        logger.info("loaded model %s (%s, input %d) on %s", path, spec.encoder, spec.input_size, device)
+        size = format_input_size(spec.input_size)
+        logger.info("loaded model %s (%s, input %s) on %s", path, spec.encoder, size, device)
         return cls(network, spec, device=device, tta=tta)
 
     def load_image(self, image: str | os.PathLike | np.ndarray) -> tuple[torch.Tensor, io.ImageGeometry, str]:
-        """Preprocess one image: ``(C, S, S)`` network input, the original geometry and the source name."""
+        """Preprocess one image: ``(C, H, W)`` network input, the original geometry and the source name."""
         data = self.preprocess({"image": str(image) if isinstance(image, (str, os.PathLike)) else image})
         tensor = data["image"]
         meta = tensor.meta
@@ -284,7 +285,7 @@ class Predictor:
 
     @torch.no_grad()
     def predict_batch(self, images: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
-        """Probabilities ``(B, C, S, S)`` for preprocessed images ``(B, C, S, S)``."""
+        """Probabilities ``(B, C, H, W)`` for preprocessed images ``(B, C, H, W)``."""
         inferer = self.inferers[self.tta if tta is None else bool(tta)]
         return inferer(images.to(self.device, non_blocking=True), self.network)
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from sscase_monai.networks import SSCASEUNet
 from sscase_monai.paths import existing_file
-from sscase_monai.transforms import build_preprocess
+from sscase_monai.transforms import InputSize, build_preprocess, input_shape, normalize_input_size
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,9 @@ class ModelSpec:
         encoder: ``"efficientnet-lite0"`` or ``"efficientnet-b0"``.
         in_channels: image channels the network takes (3: gray images are replicated to RGB, as the method does).
         out_channels: 1 for binary segmentation (sigmoid), K + 1 for K foreground classes (softmax).
-        input_size: side of the square network input (images are resized to it and predictions back).
+        input_size: the network input, a side (square, as the method) or ``(height, width)`` (e.g. ``(256, 384)``,
+            close to the aspect of 800x540 scans); each a multiple of 32. Images are resized to it and predictions
+            back. Stored in its canonical form (:func:`sscase_monai.transforms.normalize_input_size`).
         denoise: whether images get the method's 5x5 median filter before the network.
         labels: label names and their values in masks, e.g. ``{"cerebellum": 1}``.
         dropout: whether the network has its dropout layers (needed for MC-dropout scoring); SS_CASE_UNet only.
@@ -93,7 +95,7 @@ class ModelSpec:
     encoder: str = "efficientnet-lite0"
     in_channels: int = 3
     out_channels: int = 1
-    input_size: int = 256
+    input_size: InputSize = 256
     denoise: bool = True
     labels: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LABELS))
     dropout: bool = True
@@ -107,8 +109,7 @@ class ModelSpec:
                 f"a flexible_unet's encoder must be a MONAI FlexibleUNet backbone such as 'efficientnet-b0', "
                 f"got {self.encoder!r}"
             )
-        if self.input_size <= 0 or self.input_size % 32:
-            raise ValueError(f"input_size must be a positive multiple of 32, got {self.input_size!r}")
+        self.input_size = normalize_input_size(self.input_size)  # a JSON list back to (height, width)
         if self.out_channels < 1:
             raise ValueError(f"out_channels must be >= 1, got {self.out_channels!r}")
         expected = 1 if self.out_channels == 1 else self.out_channels - 1
@@ -117,6 +118,11 @@ class ModelSpec:
                 f"{len(self.labels)} label names {self.labels} for out_channels={self.out_channels}; "
                 f"expected {expected}"
             )
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """``(height, width)`` of the network input."""
+        return input_shape(self.input_size)
 
     @property
     def num_classes(self) -> int:

@@ -20,6 +20,7 @@ from slicer_io import load_markups, load_reference_volume, load_volume
 
 from sscase_monai import biometry, io
 from sscase_monai.active_learning import uncertainty_weights
+from sscase_monai.model_files import read_spec
 
 pytestmark = pytest.mark.integration
 
@@ -302,3 +303,16 @@ def test_next_sample_with_nothing_unlabelled_says_so_and_without_stage_3_hybrid_
             response = requests.post(f"{server.url}/activelearning/{strategy}", json={}, timeout=60)
             assert response.status_code == 404
             assert "no unlabelled image left" in response.json()["detail"]
+
+
+def test_training_from_a_starter_keeps_its_input_unless_conf_input_size_says_otherwise(monkeypatch):
+    """A Train from the bundled head model trains at the input it learnt (e.g. 256x384); ``--conf input_size``
+    overrides it, and a size that is no multiple of 32 is refused naming the option."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "apps" / "sscase"))
+    from lib.configs.sscase import default_input_size, starter_model
+
+    head = starter_model({"head": 1})
+    assert head and default_input_size(None, head) == read_spec(head).input_size
+    assert default_input_size(None, None) == 256 and default_input_size("128x192", head) == (128, 192)
+    with pytest.raises(ValueError, match="--conf input_size: .*got '256x100'"):
+        default_input_size("256x100", head)

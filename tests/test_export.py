@@ -26,7 +26,7 @@ from monai.bundle import ConfigParser
 from three_class_model import PSFHS_LABELS, three_class_model
 
 from sscase_monai import io
-from sscase_monai.bundle import METADATA_FILE, bundle_metadata, network_definition, write_bundle
+from sscase_monai.bundle import METADATA_FILE, bundle_metadata, inference_config, network_definition, write_bundle
 from sscase_monai.cli import main
 from sscase_monai.export import (
     CHECK_DICE,
@@ -37,7 +37,7 @@ from sscase_monai.export import (
     load_exported,
 )
 from sscase_monai.inference import Predictor
-from sscase_monai.model_files import ARCHITECTURES, ModelSpec
+from sscase_monai.model_files import ARCHITECTURES, ModelSpec, save_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO_ROOT / "sample-data"
@@ -178,6 +178,25 @@ def test_check_fails_for_a_graph_that_does_not_reproduce_pytorch():
     inverted = check_export(STARTER, lambda batch: 1.0 - reference.predict_batch(torch.as_tensor(batch)).numpy())
     assert not inverted.passed()
     assert inverted.images == 4 and inverted.max_abs_diff > 0.5 and inverted.dice < 0.5
+
+
+def test_a_non_square_model_exports_with_its_height_and_width(check_images, tmp_path):
+    """A model with a 64x96 (height x width) input: the ONNX graph takes and returns 64 x 96 and reproduces PyTorch
+    on real scans; the bundle's metadata and preprocessing say 64 x 96."""
+    spec = ModelSpec(input_size=(64, 96))
+    torch.manual_seed(0)
+    model_path = save_model(tmp_path / "model.pt", spec.build_network(pretrained=False), spec)
+    graph = export_onnx(model_path, tmp_path / "model.onnx")
+    dims = onnx.load(str(graph)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == [3, 64, 96]
+    result = check_export(model_path, load_exported(graph), sorted(check_images.iterdir()))
+    assert result.passed() and result.images == 3
+    metadata = bundle_metadata(spec, {})
+    assert metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] == [64, 96]
+    assert "input 64x96" in metadata["description"]
+    preprocess = ConfigParser(inference_config(spec)).get_parsed_content("preprocessing")
+    item = preprocess({"image": str(sorted(check_images.iterdir())[1])})
+    assert item["image"].shape == (3, 64, 96)
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

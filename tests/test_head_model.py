@@ -22,7 +22,7 @@ SCANS = ("055_HC", "244_HC", "746_HC")  # small, middle and large heads of HC18 
 
 def test_the_head_model_loads_offline_with_its_attribution():
     network, spec = load_model(HEAD_MODEL)
-    assert spec.labels == {"head": 1} and spec.input_size >= 256
+    assert spec.labels == {"head": 1} and min(spec.input_shape) >= 256
     sidecar = read_sidecar(HEAD_MODEL)
     assert sidecar["half"] is True
     assert "CC BY 4.0" in sidecar["attribution"] and "10.5281/zenodo.1327317" in sidecar["attribution"]

@@ -122,6 +122,24 @@ def test_save_load_round_trip(architecture, tmp_path):
         torch.testing.assert_close(loaded(x), network(x))
 
 
+def test_non_square_input_round_trips_through_the_sidecar(tmp_path):
+    spec = ModelSpec(input_size=(64, 96))
+    assert spec.input_shape == (64, 96) and ModelSpec(input_size=[64, 64]).input_size == 64
+    network = _network(spec)
+    path = save_model(tmp_path / "model.pt", network, spec)
+    assert read_sidecar(path)["spec"]["input_size"] == [64, 96]
+    loaded, loaded_spec = load_model(path)
+    assert loaded_spec == spec and loaded_spec.input_size == (64, 96)
+    with torch.no_grad():
+        assert loaded(torch.rand(1, 3, 64, 96)).shape == (1, 1, 64, 96)
+
+
+@pytest.mark.parametrize("size", [0, 100, (64, 100), (64,), (64, 96, 32), "64"])
+def test_input_size_other_than_multiples_of_32_is_refused_showing_it(size):
+    with pytest.raises(ValueError, match="input_size must be a side or"):
+        ModelSpec(input_size=size)
+
+
 def test_fp16_storage_halves_floats_and_loads_back_as_float32(tmp_path):
     spec = SPECS["flexible_unet"]
     network = _network(spec)

@@ -143,6 +143,25 @@ def test_tiny_run_prints_model_and_table(sample_folders, tmp_path, capsys):
         assert [row["stage"] for row in csv.DictReader(f)] == ["1", "2", "3"]
 
 
+def test_non_square_input_trains_and_predicts_on_the_scan_grid(sample_folders, tmp_path):
+    """``--input-size 64x96`` (height x width): the model keeps it, and its masks come back on each scan's grid."""
+    out = tmp_path / "run"
+    args = ["--images", str(sample_folders["images"]), "--labels", str(sample_folders["labels"]), "--out", str(out)]
+    args += ["--stages", "2", "--epochs", "1", "--val-fraction", "0.25", "--no-pretrained", *TINY]
+    args[args.index("--input-size") + 1] = "64x96"
+    assert main(["train", *args]) == 0
+    predictor = Predictor.from_file(out / "model.pt")
+    assert predictor.spec.input_size == (64, 96)
+    image = sorted(sample_folders["images"].iterdir())[0]
+    assert predictor.predict(image).mask.shape == io.read_image(image)[1].shape_hw
+
+
+def test_input_size_that_is_no_shape_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--images", "a", "--labels", "b", "--input-size", "256x100"])
+    assert exited.value.code == 2 and "'256x100'" in capsys.readouterr().err
+
+
 def test_ddp_two_gloo_processes(sample_folders, tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]

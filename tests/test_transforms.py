@@ -239,6 +239,31 @@ def test_val_and_infer_transforms_give_network_input(tmp_path):
         T.build_preprocess(input_size=100)
 
 
+@pytest.mark.parametrize(
+    "text, expected", [("256", 256), ("256x384", (256, 384)), (" 64 X 96 ", (64, 96)), ("128x128", 128)]
+)
+def test_input_size_is_a_side_or_height_by_width(text, expected):
+    assert T.parse_input_size(text) == expected
+    assert T.input_shape(expected) == ((expected, expected) if isinstance(expected, int) else expected)
+
+
+@pytest.mark.parametrize("text", ["", "256x", "x256", "256x384x3", "-64", "64.0", "100", "64x100", "0"])
+def test_input_size_refuses_what_is_not_sides_of_multiples_of_32(text):
+    with pytest.raises(ValueError, match=repr(text).replace("(", r"\(") if text else "input size"):
+        T.parse_input_size(text)
+
+
+def test_non_square_input_keeps_height_and_width_apart(tmp_path):
+    """A 300 x 200 (rows x columns) scan at input 64x96: image and label land on 64 rows and 96 columns."""
+    image_path = _png(tmp_path / "a.png", _gray(300, 200))
+    label_path = _png(tmp_path / "a_label.png", _disc_label(300, 200))
+    out = T.val_transforms(input_size=(64, 96))({"image": image_path, "label": label_path})
+    assert out["image"].shape == (3, 64, 96) and out["label"].shape == (1, 64, 96)
+    assert out["image"].meta["original_shape"] == (300, 200)
+    augmented = Compose(T.build_train_augment(cutout_prob=1.0, input_size=(64, 96))).set_random_state(0)(out)
+    assert augmented["image"].shape == (3, 64, 96) and augmented["label"].shape == (1, 64, 96)
+
+
 def test_resize_label_nearest_keeps_values_and_dtype():
     label = torch.from_numpy(_disc_label(H, W, value=2)[None].astype(np.int64))
     image = torch.rand(3, H, W)

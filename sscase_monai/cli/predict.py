@@ -88,6 +88,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+def input_size(text: str) -> int | tuple[int, int]:
+    """A network input: ``N`` or ``HEIGHTxWIDTH``, each a multiple of 32 (argparse type)."""
+    from sscase_monai.transforms import parse_input_size
+
+    try:
+        return parse_input_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+INPUT_SIZE_HELP = "network input: a side, or HEIGHTxWIDTH, multiples of 32 (256; 256x384 keeps 800x540's aspect)"
+"""Help of ``--input-size`` (``train`` and ``simulate-al``)."""
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--tta``, ``--device``, ``--batch-size`` (shared by ``predict`` and ``evaluate``)."""
     parser.add_argument(

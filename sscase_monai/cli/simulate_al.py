@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from sscase_monai.active_learning import LABEL_TARGETS, STRATEGIES, STRATEGY_REGISTRY
-from sscase_monai.cli.predict import parse_device, positive_int
+from sscase_monai.cli.predict import INPUT_SIZE_HELP, input_size, parse_device, positive_int
 from sscase_monai.cli.train import float_list, int_list
 from sscase_monai.method import BATCH_SIZE
 
@@ -92,7 +92,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
 
     schedule = parser.add_argument_group("training of each round")
-    schedule.add_argument("--input-size", type=positive_int, default=256, metavar="N", help="multiple of 32 (256)")
+    schedule.add_argument("--input-size", type=input_size, default=256, metavar="N", help=INPUT_SIZE_HELP)
     schedule.add_argument("--epochs", type=positive_int, default=2, metavar="E", help="epochs per stage (2)")
     schedule.add_argument(
         "--samples", type=positive_int, default=400, metavar="N", help="training samples per stage (400)"

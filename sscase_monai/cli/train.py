@@ -14,7 +14,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from sscase_monai.cli.predict import parse_device, positive_int
+from sscase_monai.cli.predict import INPUT_SIZE_HELP, input_size, parse_device, positive_int
 from sscase_monai.method import (
     BATCH_SIZE,
     DEFAULT_STAGES,
@@ -152,7 +152,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     names = model.add_mutually_exclusive_group()
     names.add_argument("--labels-json", metavar="JSON", help="label names and values, e.g. '{\"cerebellum\": 1}'")
     names.add_argument("--label-names", metavar="A,B", help="label names for values 1, 2, ... (default: cerebellum)")
-    model.add_argument("--input-size", type=positive_int, default=256, metavar="N", help="multiple of 32 (256)")
+    model.add_argument("--input-size", type=input_size, default=256, metavar="N", help=INPUT_SIZE_HELP)
     model.add_argument("--no-denoise", action="store_true", help="skip the method's 5x5 median filter")
 
     schedule = parser.add_argument_group("schedule")

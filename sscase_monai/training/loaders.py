@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from sscase_monai.data import RepeatDataset
 from sscase_monai.model_files import ModelSpec
 from sscase_monai.transforms import build_train_augment
-from sscase_monai.transforms.resizing import DEFAULT_INPUT_SIZE
+from sscase_monai.transforms.resizing import DEFAULT_INPUT_SIZE, InputSize
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def preprocess_items(
         workers: threads (the median filter and image decoding release the GIL); 0 or 1 runs in this thread.
 
     Returns:
-        ``{"image": (C, S, S) float32, "label": (1, S, S) uint8}`` per item (no ``"label"`` when unlabelled).
+        ``{"image": (C, H, W) float32, "label": (1, H, W) uint8}`` per item (no ``"label"`` when unlabelled).
     """
     keys = ("image", "label") if labelled else ("image",)
     transform = Compose(spec.build_preprocess(keys=keys))
@@ -73,7 +73,7 @@ def build_train_loader(
     rank: int = 0,
     pin_memory: bool = False,
     cutout_prob: float = 0.0,
-    input_size: int = DEFAULT_INPUT_SIZE,
+    input_size: InputSize = DEFAULT_INPUT_SIZE,
 ) -> tuple[DataLoader, RepeatDataset, DistributedSampler]:
     """A loader of augmented training batches; call ``set_epoch`` on the dataset and the sampler every epoch.
 

@@ -57,7 +57,8 @@ def default_schedule(device: str = "auto") -> Schedule:
 def expected_cpu_seconds(config: TrainingConfig, num_train: int, num_val: int, num_unlabelled: int = 0) -> float:
     """Rough duration of a CPU run of ``config``: training samples at :data:`CPU_IMAGES_PER_SECOND_256` (scaled to the
     input size), validation and pseudo-labelling at about three times that speed (forward passes only)."""
-    speed = CPU_IMAGES_PER_SECOND_256 * (256.0 / config.spec.input_size) ** 2
+    height, width = config.spec.input_shape
+    speed = CPU_IMAGES_PER_SECOND_256 * 256.0**2 / (height * width)
     samples = config.planned_epochs * num_train * config.samples_per_image
     forward = config.planned_epochs * num_val + (num_unlabelled if 3 in config.run_stages else 0)
     return samples / speed + forward / (3.0 * speed)

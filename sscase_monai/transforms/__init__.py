@@ -3,7 +3,7 @@
 The data path of one labelled image (see :func:`train_transforms`)::
 
     LoadUltrasoundd      file -> (C, H, W) float32 in [0, 1] + (1, H, W) int64 class indices, geometry kept in meta
-    ResizeToInputd       whole image to input_size x input_size (aspect ratio ignored, as the method does)
+    ResizeToInputd       whole image to the network input (aspect ratio ignored, as the method does)
     MedianDenoised       5x5 median on the image
     ---- deterministic above (cacheable), random below ----
     RandPaperAugmentd    one of 8 mask variants (dilate/erode/open/close x 3x3/5x5) x one of 4 geometric variants
@@ -55,8 +55,14 @@ from sscase_monai.transforms.pipelines import (
 )
 from sscase_monai.transforms.resizing import (
     DEFAULT_INPUT_SIZE,
+    INPUT_MULTIPLE,
+    InputSize,
     ResizeToInputd,
+    format_input_size,
+    input_shape,
+    normalize_input_size,
     original_shape_of,
+    parse_input_size,
     resize_probabilities_to,
     restore_to_original,
 )
@@ -65,6 +71,8 @@ __all__ = [
     "CENTRE_ZOOM",
     "DEFAULT_INPUT_SIZE",
     "GEOMETRIC_VARIANTS",
+    "INPUT_MULTIPLE",
+    "InputSize",
     "LUMINANCE_WEIGHTS",
     "MORPHOLOGY_KERNEL_SIZES",
     "MORPHOLOGY_OPERATIONS",
@@ -76,11 +84,15 @@ __all__ = [
     "ResizeToInputd",
     "build_preprocess",
     "build_train_augment",
+    "format_input_size",
     "image_to_channel_first",
     "infer_transforms",
+    "input_shape",
     "label_to_class_indices",
     "median_denoise",
+    "normalize_input_size",
     "original_shape_of",
+    "parse_input_size",
     "perturb_mask",
     "resize_probabilities_to",
     "restore_to_original",

@@ -20,11 +20,11 @@ from sscase_monai.transforms.augmentation import (
 )
 from sscase_monai.transforms.denoising import MedianDenoised
 from sscase_monai.transforms.loading import LoadUltrasoundd
-from sscase_monai.transforms.resizing import DEFAULT_INPUT_SIZE, ResizeToInputd
+from sscase_monai.transforms.resizing import DEFAULT_INPUT_SIZE, InputSize, ResizeToInputd, input_shape
 
 
 def build_preprocess(
-    input_size: int = DEFAULT_INPUT_SIZE,
+    input_size: InputSize = DEFAULT_INPUT_SIZE,
     channels: int = 3,
     num_classes: int = 2,
     denoise: bool = True,
@@ -39,7 +39,7 @@ def build_preprocess(
     Its output can be cached (``monai.data.CacheDataset``).
 
     Args:
-        input_size: network input side, a multiple of 32.
+        input_size: network input side, or ``(height, width)``; each a multiple of 32.
         channels: network input channels (1 or 3).
         num_classes: classes including background.
         denoise: apply the 5x5 median (the method does; keep the same setting at inference).
@@ -52,13 +52,12 @@ def build_preprocess(
     Returns:
         A list of transforms, to extend or pass to ``Compose``.
     """
-    if input_size < 32 or input_size % 32:
-        raise ValueError(f"input_size must be a positive multiple of 32, got {input_size!r}")
+    shape = input_shape(input_size)
     keys = ensure_tuple(keys)
     image_keys = [key for key in keys if key != label_key]
     transforms: list[Transform] = [
         LoadUltrasoundd(keys, image_key, label_key, channels, num_classes, max_pixels, allow_missing_keys),
-        ResizeToInputd(keys, input_size, label_key, allow_missing_keys=allow_missing_keys),
+        ResizeToInputd(keys, shape, label_key, allow_missing_keys=allow_missing_keys),
     ]
     if denoise and image_keys:
         transforms.append(MedianDenoised(image_keys, kernel_size=5, allow_missing_keys=allow_missing_keys))
@@ -74,13 +73,13 @@ def build_train_augment(
     zoom: float = CENTRE_ZOOM,
     mask_prob: float = 1.0,
     cutout_prob: float = 0.0,
-    input_size: int = DEFAULT_INPUT_SIZE,
+    input_size: InputSize = DEFAULT_INPUT_SIZE,
 ) -> list[Transform]:
     """The random part of training: the method's augmentation (:class:`RandPaperAugmentd`), one draw per call, and
     optionally occlusion.
 
     Occlusion (``cutout_prob`` > 0; not the method's) blanks :data:`CUTOUT_HOLES` rectangles of the image with
-    sides of :data:`CUTOUT_SIDE_FRACTION` of ``input_size`` (MONAI's ``RandCoarseDropoutd``, filled with 0, the
+    sides of :data:`CUTOUT_SIDE_FRACTION` of the input's sides (MONAI's ``RandCoarseDropoutd``, filled with 0, the
     label kept), so the network learns to complete a boundary it cannot see, e.g. a skull wall in acoustic shadow.
 
     It ends by turning MetaTensors into plain tensors: training batches need no metadata, and items from files of
@@ -103,7 +102,9 @@ def build_train_augment(
         )
     ]
     if cutout_prob > 0:
-        smallest, largest = (max(1, round(f * input_size)) for f in CUTOUT_SIDE_FRACTION)
+        smallest, largest = (
+            [max(1, round(f * side)) for side in input_shape(input_size)] for f in CUTOUT_SIDE_FRACTION
+        )
         transforms.append(
             RandCoarseDropoutd(
                 [key for key in keys if key != label_key],
@@ -120,21 +121,21 @@ def build_train_augment(
 
 
 def train_transforms(
-    input_size: int = DEFAULT_INPUT_SIZE, channels: int = 3, num_classes: int = 2, denoise: bool = True
+    input_size: InputSize = DEFAULT_INPUT_SIZE, channels: int = 3, num_classes: int = 2, denoise: bool = True
 ) -> Compose:
     """Preprocessing + the method's augmentation, for ``{"image": path, "label": path}`` items."""
     return Compose(build_preprocess(input_size, channels, num_classes, denoise) + build_train_augment())
 
 
 def val_transforms(
-    input_size: int = DEFAULT_INPUT_SIZE, channels: int = 3, num_classes: int = 2, denoise: bool = True
+    input_size: InputSize = DEFAULT_INPUT_SIZE, channels: int = 3, num_classes: int = 2, denoise: bool = True
 ) -> Compose:
     """Preprocessing only, for labelled ``{"image": path, "label": path}`` items."""
     return Compose(build_preprocess(input_size, channels, num_classes, denoise))
 
 
 def infer_transforms(
-    input_size: int = DEFAULT_INPUT_SIZE, channels: int = 3, denoise: bool = True, image_key: str = "image"
+    input_size: InputSize = DEFAULT_INPUT_SIZE, channels: int = 3, denoise: bool = True, image_key: str = "image"
 ) -> Compose:
     """Preprocessing of ``{"image": path}`` items for inference (same as training's, so inputs look alike)."""
     return Compose(build_preprocess(input_size, channels, denoise=denoise, keys=(image_key,), image_key=image_key))

@@ -1,6 +1,7 @@
-"""Resizing to the network's square input and back to each image's own grid.
+"""Resizing to the network's input and back to each image's own grid.
 
-The method resizes whole images to ``input_size x input_size`` ignoring the aspect ratio; predictions go back to the
+The method resizes whole images to ``input_size x input_size`` ignoring the aspect ratio (a model may instead take
+``(height, width)`` close to its scans' aspect, e.g. 256x384 for HC18's 800x540); predictions go back to the
 original ``(H, W)`` as probabilities (bilinear) and are only then decided into class indices, which places
 boundaries better than resizing a mask.
 """
@@ -23,6 +24,63 @@ from sscase_monai.probabilities import DEFAULT_THRESHOLD, class_indices
 
 DEFAULT_INPUT_SIZE = 256
 """Side of the square network input (the method resizes every image to 256x256)."""
+
+INPUT_MULTIPLE = 32
+"""Each side of the network input is a multiple of this (the encoder halves the grid five times)."""
+
+InputSize = int | tuple[int, int]
+"""A network input: a side (square, as the method) or ``(height, width)``, e.g. ``(256, 384)`` for 800x540 scans."""
+
+
+def input_shape(input_size: int | Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` of the network input ``input_size`` (a side or ``(height, width)``), each a positive
+    multiple of :data:`INPUT_MULTIPLE`.
+
+    Raises:
+        ValueError: another shape, showing it.
+    """
+    sides = (input_size, input_size) if isinstance(input_size, (int, np.integer)) else tuple(input_size)
+    if len(sides) != 2 or not all(
+        isinstance(s, (int, np.integer)) and s >= INPUT_MULTIPLE and s % INPUT_MULTIPLE == 0 for s in sides
+    ):
+        raise ValueError(
+            f"input_size must be a side or (height, width), each a positive multiple of {INPUT_MULTIPLE}, "
+            f"got {input_size!r}"
+        )
+    return int(sides[0]), int(sides[1])
+
+
+def normalize_input_size(input_size: int | Sequence[int]) -> InputSize:
+    """``input_size`` checked (:func:`input_shape`) and in its canonical form: an ``int`` for a square input (so
+    ``(256, 256)`` and ``256`` are the same model setting), else ``(height, width)``."""
+    height, width = input_shape(input_size)
+    return height if height == width else (height, width)
+
+
+def parse_input_size(text: str) -> InputSize:
+    """``"256"`` -> 256; ``"256x384"`` (height x width) -> ``(256, 384)``, as the CLI and the app's ``input_size``
+    take it.
+
+    Raises:
+        ValueError: text that is not one or two whole numbers, or sides that :func:`input_shape` refuses.
+    """
+    parts = str(text).strip().lower().replace(" ", "").split("x")
+    try:
+        if not 1 <= len(parts) <= 2 or not all(p.isdigit() for p in parts):
+            raise ValueError(text)
+        return normalize_input_size(int(parts[0]) if len(parts) == 1 else tuple(int(p) for p in parts))
+    except ValueError:
+        raise ValueError(
+            f"input size must be N or HEIGHTxWIDTH, each a positive multiple of {INPUT_MULTIPLE} "
+            f"(e.g. 256 or 256x384), got {text!r}"
+        ) from None
+
+
+def format_input_size(input_size: int | Sequence[int]) -> str:
+    """``256`` -> ``"256x256"``, ``(256, 384)`` -> ``"256x384"`` (height x width), for logs and reports."""
+    height, width = input_shape(input_size)
+    return f"{height}x{width}"
+
 
 IMAGE_MODE = "bilinear"
 """Interpolation of images (and probabilities)."""
@@ -61,7 +119,7 @@ def _resize(x: torch.Tensor, shape_hw: Sequence[int], mode: str, anti_aliasing: 
 
 
 class ResizeToInputd(MapTransform):
-    """Resize whole images to ``input_size x input_size``, ignoring the aspect ratio (as the method does).
+    """Resize whole images to the network input (a side or ``(H, W)``), ignoring the aspect ratio (as the method does).
 
     Images are resized bilinearly with antialiasing when downsampling (torch's PIL-like filter: about 15x faster
     than MONAI ``Resized(anti_aliasing=True)``'s Gaussian pre-smoothing on an 800x540 image); labels with

@@ -21,8 +21,9 @@ from lib.activelearning import HighestScore
 from sscase_monai.active_learning import FEATURE_KINDS, SCORED_STRATEGIES, STRATEGY_REGISTRY, ActiveLearningStrategy
 from sscase_monai.biometry import HEAD_LABELS, parse_label_names
 from sscase_monai.method import BATCH_SIZE, PSEUDO_LABELS
-from sscase_monai.model_files import DEFAULT_LABELS, ModelSpec
+from sscase_monai.model_files import DEFAULT_LABELS, ModelSpec, read_spec
 from sscase_monai.training.schedules import default_schedule
+from sscase_monai.transforms import DEFAULT_INPUT_SIZE, InputSize, parse_input_size
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,18 @@ synthetic sample data, and the fetal-head model trained on HC18 (``apps/sscase/s
 def starter_model(labels: dict[str, int]) -> str | None:
     """The bundled model for exactly these labels, or ``None``."""
     return STARTER_MODELS.get(json.dumps(labels))
+
+
+def default_input_size(value: str | None, starter: str | None) -> InputSize:
+    """The network input a Train uses: ``--conf input_size`` when given, else the bundled starter model's (so that
+    training from it keeps the input it learnt, e.g. the HC18 head model's aspect-keeping one), else the method's
+    256."""
+    if value:
+        try:
+            return parse_input_size(value)
+        except ValueError as e:
+            raise ValueError(f"--conf input_size: {e}") from None
+    return read_spec(starter).input_size if starter else DEFAULT_INPUT_SIZE
 
 
 def default_strategy(scoring: bool, stages: str) -> str:
@@ -75,7 +88,8 @@ class SSCASE(TaskConfig):
         labels: JSON ``{"name": value}`` of the structures to segment [``{"cerebellum": 1}``].
         encoder: ``efficientnet-lite0`` (ImageNet weights offline) or ``efficientnet-b0`` [efficientnet-lite0].
         pretrained: start training from ImageNet encoder weights: ``true``, ``false`` or a file [true].
-        input_size: network input side, a multiple of 32 [256].
+        input_size: network input: a side, or ``HEIGHTxWIDTH`` (``256x384`` keeps 800x540 scans' aspect), multiples
+            of 32 [the bundled starter model's for the labels, else 256].
         denoise: the method's 5x5 median filter before the network [true].
         tta: test-time augmentation for infer by default (a request may override) [false].
         head_label: label name(s), comma-separated, whose head circumference a Run reports, first match wins;
@@ -98,10 +112,11 @@ class SSCASE(TaskConfig):
     def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs: Any) -> None:
         super().init(name, model_dir, conf, planner, **kwargs)
         self.labels = _parse_labels(conf.get("labels"))
+        starter = starter_model(self.labels) if strtobool(conf.get("starter_model", "true")) else None
         self.spec = ModelSpec.for_labels(
             self.labels,
             encoder=conf.get("encoder", "efficientnet-lite0"),
-            input_size=int(conf.get("input_size", "256")),
+            input_size=default_input_size(conf.get("input_size"), starter),
             denoise=strtobool(conf.get("denoise", "true")),
         )
         pretrained = conf.get("pretrained", "true")
@@ -110,7 +125,6 @@ class SSCASE(TaskConfig):
         self.head_labels = parse_label_names(conf.get("head_label", ",".join(HEAD_LABELS)))
         self.markups = strtobool(conf.get("markups", "true"))
         self.published_path = os.path.join(model_dir, f"{name}.pt")
-        starter = starter_model(self.labels) if strtobool(conf.get("starter_model", "true")) else None
         # BasicInferTask convention: the last existing path wins, so a trained model replaces the starter
         self.path = [starter, self.published_path]
         self.epistemic_samples = int(conf.get("epistemic_samples", "8"))
