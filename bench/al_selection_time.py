@@ -108,8 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     torch.set_num_threads(1)
     predictor = Predictor.from_file(args.model, device="cpu")
-    input_size = predictor.spec.input_size
-    size_text = str(input_size) if isinstance(input_size, int) else format_input_size(input_size)  # 256 or 256x384
+    size_text = format_input_size(predictor.spec.input_size)  # e.g. 256x256: al_simulation.py parses it back
     labelled, rest = scans(args.data)
     done = {(r["model"], r["strategy"], r["pool"]) for r in read_rows(args.csv)}
     host = machine()

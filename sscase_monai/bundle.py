@@ -47,6 +47,7 @@ from sscase_monai.model_files import (
     read_sidecar,
     save_model,
 )
+from sscase_monai.transforms import format_input_size
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def bundle_metadata(spec: ModelSpec, sidecar: dict[str, Any], version: str = "0.
     metrics = sidecar.get("training", {}).get("validation_metrics", {})
     eval_metrics = {f"val_{k}_{a}": metrics[a][k] for a in ("mean", "pooled") for k in ("dice",) if a in metrics}
     size = list(spec.input_shape)
-    size_text = "x".join(map(str, size))
+    size_text = format_input_size(spec.input_size)
     return {
         "schema": METADATA_SCHEMA,
         "version": version,

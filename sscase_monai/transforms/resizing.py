@@ -8,6 +8,7 @@ boundaries better than resizing a mask.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -65,15 +66,13 @@ def parse_input_size(text: str) -> InputSize:
         ValueError: text that is not one or two whole numbers, or sides that :func:`input_shape` refuses.
     """
     parts = str(text).strip().lower().replace(" ", "").split("x")
-    try:
-        if not 1 <= len(parts) <= 2 or not all(p.isdigit() for p in parts):
-            raise ValueError(text)
-        return normalize_input_size(int(parts[0]) if len(parts) == 1 else tuple(int(p) for p in parts))
-    except ValueError:
-        raise ValueError(
-            f"input size must be N or HEIGHTxWIDTH, each a positive multiple of {INPUT_MULTIPLE} "
-            f"(e.g. 256 or 256x384), got {text!r}"
-        ) from None
+    if 1 <= len(parts) <= 2 and all(p.isdigit() for p in parts):
+        with contextlib.suppress(ValueError):  # sides input_shape refuses: the message below, naming the text
+            return normalize_input_size(tuple(int(p) for p in parts) if len(parts) == 2 else int(parts[0]))
+    raise ValueError(
+        f"input size must be N or HEIGHTxWIDTH, each a positive multiple of {INPUT_MULTIPLE} "
+        f"(e.g. 256 or 256x384), got {text!r}"
+    )
 
 
 def format_input_size(input_size: int | Sequence[int]) -> str:
