@@ -63,7 +63,7 @@ from sscase_monai.data import pair_images_with_labels  # noqa: E402
 from sscase_monai.method import PSEUDO_LABELS  # noqa: E402
 from sscase_monai.model_files import ModelSpec  # noqa: E402
 from sscase_monai.training import TrainingConfig  # noqa: E402
-from sscase_monai.transforms import parse_input_size  # noqa: E402
+from sscase_monai.transforms import format_input_size, parse_input_size  # noqa: E402
 
 logger = logging.getLogger("al_simulation")
 
@@ -201,7 +201,7 @@ def _table(rows: list[dict], selection: dict[tuple[str, int, int], float], input
     counts = sorted({n for c in by_arm.values() for n in c})
     targets = [f"labels to {100 * t:g} % of full" for t in LABEL_TARGETS]
     lines = ["| arm | " + " | ".join(f"{n} labels" for n in counts) + " | mean over rounds | "
-             + " | ".join(targets) + f" | picking 8 of 5,000 scans ({input_size} px) |",
+             + " | ".join(targets) + f" | picking 8 of 5,000 scans ({format_input_size(input_size)} px) |",
              "|---|" + "---:|" * (len(counts) + 2 + len(targets))]  # fmt: skip
     for arm, curve in by_arm.items():
         cells = []
@@ -283,6 +283,9 @@ def _pseudo_label_table(rows: list[dict], pool: int) -> list[str]:
 def render(args: argparse.Namespace, rows: list[dict], seconds: float) -> str:
     config, pool, val = build(args)
     selection = _selection_seconds(args.selection_csv)
+    other_sizes = sorted(
+        {format_input_size(size) for _, size, _ in selection if size != config.training.spec.input_size}
+    )
     host = machine()
     command = "nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/al_simulation.py --data " + shlex.quote(
         str(args.data)
@@ -292,7 +295,7 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float) -> str:
         f"sscase-monai simulate-al --images {args.data}/train/images --labels {args.data}/train/labels "
         f"--val-images {args.data}/val/images --val-labels {args.data}/val/labels --val-limit {args.val_limit} "
         f"--start {args.start} --step {args.step} --rounds {args.rounds} "
-        f"--strategies {','.join(STRATEGIES)} --seeds {args.seeds} --input-size {args.input_size} "
+        f"--strategies {','.join(STRATEGIES)} --seeds {args.seeds} --input-size {format_input_size(args.input_size)} "
         f"--epochs {args.epochs} --samples {args.samples} --lr {args.lr} --device cpu --threads 1 --out {out}"
     )
     arms = {Arm.parse(name) for name in curves(rows)}
@@ -320,7 +323,7 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float) -> str:
             f"end-of-stage `evaluate_model`, eval mode). Start {config.start} labels (a seeded draw, the same for "
             f"every strategy of a seed), +{config.step} per round, {config.rounds} rounds "
             f"({config.start}..{config.n_labels(config.rounds - 1)} labels). CPU schedule: input "
-            f"{config.training.spec.input_size}x{config.training.spec.input_size}, batch {config.training.batch_size},"
+            f"{format_input_size(config.training.spec.input_size)}, batch {config.training.batch_size},"
             f" every stage of every round {config.schedule.epochs} epochs x {config.schedule.samples} augmented "
             f"samples in all; round 0 = stages 1+2 from the ImageNet lite0 encoder (shared by the strategies of a "
             f"seed), later rounds warm-start from the previous round's model and run stage 2 (+ stage 3 on the "
@@ -334,11 +337,11 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float) -> str:
             f"Command: `{command}` (phases main, full, pl into `{out}`; rerunning skips finished rounds; seeds can "
             f"run in parallel, one process a core, e.g. `--seeds 1 --phases main`). Phase 1 alone is `{cli}`. "
             f"Selection times: `{SELECTION_COMMAND}` with the seed-0 round-0 model (input "
-            f"{config.training.spec.input_size})"
+            f"{format_input_size(config.training.spec.input_size)})"
             + (
-                " and with the shipped fetal-head model (`--model apps/sscase/starter/hc18_head.pt --sizes 500`, input"
-                " 256, the app's)."
-                if any(size != config.training.spec.input_size for _, size, _ in selection)
+                " and with the fetal-head model shipped at the time (`--model apps/sscase/starter/hc18_head.pt --sizes"
+                f" 500`, input {', '.join(other_sizes)})."
+                if other_sizes
                 else " (the sizes 500 and 5,000 split over runs as time allowed; `--strategies` chooses)."
             ),
             "",
@@ -391,7 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     seconds = sum(float(r["train_seconds"]) + float(r["select_seconds"]) for r in rows)
-    plot_learning_curve(rows, args.out / CURVE_PNG, title=f"HC18, {config.training.spec.input_size} px CPU schedule")
+    size = format_input_size(config.training.spec.input_size)
+    plot_learning_curve(rows, args.out / CURVE_PNG, title=f"HC18, {size} px CPU schedule")
     shutil.copyfile(args.out / CURVE_PNG, CURVE_FILE)
     write_section(SECTION_TITLE, render(args, rows, seconds), SCRIPT, args.results)
     logger.info("updated %s and %s", args.results, CURVE_FILE)
