@@ -63,7 +63,7 @@ from sscase_monai.data import pair_images_with_labels  # noqa: E402
 from sscase_monai.method import PSEUDO_LABELS  # noqa: E402
 from sscase_monai.model_files import ModelSpec  # noqa: E402
 from sscase_monai.training import TrainingConfig  # noqa: E402
-from sscase_monai.transforms import format_input_size, parse_input_size  # noqa: E402
+from sscase_monai.transforms import InputSize, format_input_size, parse_input_size  # noqa: E402
 
 logger = logging.getLogger("al_simulation")
 
@@ -194,7 +194,7 @@ def _pick_time(selection: dict[tuple[str, int, int], float], strategy: str, size
     return f"≈ {_seconds(selection[strategy, size, smaller[-1]] * pool / smaller[-1])} est."
 
 
-def _table(rows: list[dict], selection: dict[tuple[str, int, int], float], input_size: int) -> str:
+def _table(rows: list[dict], selection: dict[tuple[str, int, int], float], input_size: InputSize) -> str:
     """Dice per arm and label count, labels to each target share of the full-data Dice, and the picking time."""
     by_arm = {arm: curve for arm, curve in curves(rows).items() if arm != FULL}
     full = full_data_dice(rows)
@@ -283,9 +283,9 @@ def _pseudo_label_table(rows: list[dict], pool: int) -> list[str]:
 def render(args: argparse.Namespace, rows: list[dict], seconds: float) -> str:
     config, pool, val = build(args)
     selection = _selection_seconds(args.selection_csv)
-    other_sizes = sorted(
-        {format_input_size(size) for _, size, _ in selection if size != config.training.spec.input_size}
-    )
+    input_size = config.training.spec.input_size
+    input_text = format_input_size(input_size)
+    other_sizes = sorted({format_input_size(size) for _, size, _ in selection if size != input_size})
     host = machine()
     command = "nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/al_simulation.py --data " + shlex.quote(
         str(args.data)
@@ -323,7 +323,7 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float) -> str:
             f"end-of-stage `evaluate_model`, eval mode). Start {config.start} labels (a seeded draw, the same for "
             f"every strategy of a seed), +{config.step} per round, {config.rounds} rounds "
             f"({config.start}..{config.n_labels(config.rounds - 1)} labels). CPU schedule: input "
-            f"{format_input_size(config.training.spec.input_size)}, batch {config.training.batch_size},"
+            f"{input_text}, batch {config.training.batch_size},"
             f" every stage of every round {config.schedule.epochs} epochs x {config.schedule.samples} augmented "
             f"samples in all; round 0 = stages 1+2 from the ImageNet lite0 encoder (shared by the strategies of a "
             f"seed), later rounds warm-start from the previous round's model and run stage 2 (+ stage 3 on the "
@@ -337,7 +337,7 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float) -> str:
             f"Command: `{command}` (phases main, full, pl into `{out}`; rerunning skips finished rounds; seeds can "
             f"run in parallel, one process a core, e.g. `--seeds 1 --phases main`). Phase 1 alone is `{cli}`. "
             f"Selection times: `{SELECTION_COMMAND}` with the seed-0 round-0 model (input "
-            f"{format_input_size(config.training.spec.input_size)})"
+            f"{input_text})"
             + (
                 " and with the fetal-head model shipped at the time (`--model apps/sscase/starter/hc18_head.pt --sizes"
                 f" 500`, input {', '.join(other_sizes)})."
@@ -351,7 +351,7 @@ def render(args: argparse.Namespace, rows: list[dict], seconds: float) -> str:
             "97 % and 99 % of the full-data Dice; the time the strategy takes to pick 8 of 5,000 unlabelled scans "
             "(1 CPU thread):",
             "",
-            _table(rows, selection, config.training.spec.input_size),
+            _table(rows, selection, input_size),
             "",
             *[f"- {line}" for line in summary_lines(rows, LABEL_TARGETS)],
             "",
