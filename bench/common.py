@@ -30,6 +30,9 @@ RESULTS_HEADER = (
     "# sscase-monai benchmarks\n\nEach section says how it was measured and gives the commands that reproduce it.\n"
 )
 STARTER_MODEL = REPO_ROOT / "apps" / "sscase" / "starter" / "sscase_starter.pt"
+HEAD_MODEL = REPO_ROOT / "apps" / "sscase" / "starter" / "hc18_head.pt"
+HEAD_LABELS_CONF = '{"head": 1}'
+"""``--conf labels`` for which the app serves :data:`HEAD_MODEL` (``apps/sscase/lib/configs/sscase.py``)."""
 SAMPLE_DATA = REPO_ROOT / "sample-data"
 SHARED_DATA = Path(os.environ.get("SSCASE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 INPUT_SIZE = 256

@@ -4,7 +4,9 @@ server under several clients at once, its memory, and start-up to the first answ
 A real ``sscase-monai serve`` on 127.0.0.1 (``sscase_monai.server_process``) with the starter model and a copy of the
 sample data plus an 800x540 PNG (an HC18 scan when ``../shared/data`` is there) and a 512x512x1 NIfTI; Slicer's
 ``monailabel`` client with Slicer's parameters; a twin process runs the bare forward of the same model on the same
-preprocessed image right after each request, so that both see the same load.
+preprocessed image right after each request, so that both see the same load. Then a second server serving the
+fetal-head label (``--conf labels '{"head": 1}'``: the bundled HC18 head model, input 256x384) runs the PNG upload the
+same way: the Run time a sonographer measuring HC waits for.
 
 Usage: ``.venv/bin/python bench/server_speed.py [--quick]``; ``bench/run.py`` runs it with the other speed benchmarks.
 """
@@ -31,6 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from common import (  # noqa: E402  (bench/common.py)
+    HEAD_LABELS_CONF,
+    HEAD_MODEL,
     SAMPLE_DATA,
     SHARED_DATA,
     STARTER_MODEL,
@@ -47,17 +51,19 @@ SLICER_PARAMS = {"result_extension": ".nrrd", "result_dtype": "uint8"}  # what S
 
 
 def worker_bare(job: dict[str, Any]) -> None:
-    """Bare forwards on request: the app's model, loaded and optimised as the app does, on an image preprocessed as
-    the app does; each line on stdin runs one forward of the named input and answers its seconds on stdout."""
+    """Bare forwards on request: the app's model (``job["model"]``), loaded and optimised as the app does, on an image
+    preprocessed as the app does (the model's own preprocessing); each line on stdin runs one forward of the named
+    input and answers its seconds on stdout."""
     import torch
+    from monai.transforms import Compose
 
     from sscase_monai.inference import ProbabilityInferer, optimize_for_inference
     from sscase_monai.model_files import load_model
-    from sscase_monai.transforms import infer_transforms
 
     torch.set_num_threads(job["threads"])
-    network = optimize_for_inference(load_model(STARTER_MODEL)[0], inplace=True)
-    preprocess = infer_transforms()
+    network, spec = load_model(job["model"])
+    network = optimize_for_inference(network, inplace=True)
+    preprocess = Compose(spec.build_preprocess(keys=("image",)))
     inputs = {name: preprocess({"image": path})["image"].as_tensor()[None] for name, path in job["inputs"].items()}
     inferer = ProbabilityInferer(tta=False)
     for name in inputs:
@@ -73,8 +79,8 @@ def worker_bare(job: dict[str, Any]) -> None:
 class BareForward:
     """A :func:`worker_bare` process: bare forwards interleaved with the server's requests (same moment, same load)."""
 
-    def __init__(self, inputs: dict[str, Path], threads: int, env: dict[str, str]) -> None:
-        job = {"threads": threads, "inputs": {name: str(path) for name, path in inputs.items()}}
+    def __init__(self, model: Path, inputs: dict[str, Path], threads: int, env: dict[str, str]) -> None:
+        job = {"model": str(model), "threads": threads, "inputs": {name: str(path) for name, path in inputs.items()}}
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", "bare", json.dumps(job), "-"]
         self.process = subprocess.Popen(
             command,
@@ -167,9 +173,11 @@ class RssMonitor:
         self._thread.join()
 
 
-def start_server(studies: Path, workdir: Path, env: dict[str, str]) -> ServerProcess:
+def start_server(
+    studies: Path, workdir: Path, env: dict[str, str], conf: Sequence[tuple[str, str]] = ()
+) -> ServerProcess:
     """Start ``sscase-monai serve``, timed to the first answered ``/info/`` (polled every 50 ms)."""
-    server = ServerProcess(studies, workdir, env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false", **env})
+    server = ServerProcess(studies, workdir, conf=conf, env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false", **env})
     return server.start(timeout=300, poll_interval=0.05)
 
 
@@ -220,28 +228,7 @@ def measure_server(plan: Plan, threads: int, env: dict[str, str], workdir: Path)
                 "PNG 800x540, datastore id": ("bench_png", None, "png"),
                 "NIfTI 512x512x1, datastore id": ("bench_nifti", None, "nifti"),
             }
-            out["path"] = {}
-            # the server runs with `sscase-monai serve`'s OpenMP wait policy (PASSIVE unless set): so does its twin
-            bare_env = {**env, "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY", "PASSIVE")}
-            bare = BareForward({"png": inputs["png"], "nifti": inputs["nifti"]}, threads, bare_env)
-            try:
-                for label, (image_id, file, name) in cases.items():
-                    for _ in range(2):
-                        one_infer(client, image_id, file)
-                        bare(name)
-                    times, params, bare_times = [], [], []
-                    for _ in range(plan.requests):
-                        seconds, p = one_infer(client, image_id, file)
-                        times.append(seconds)
-                        params.append(p)
-                        bare_times.append(bare(name))
-                    out["path"][label] = {
-                        "round_trip": stats(times),
-                        "bare_forward": stats(bare_times),
-                        "server": stage_latencies(params),
-                    }
-            finally:
-                bare.close()
+            out["path"] = measure_path(client, STARTER_MODEL, cases, inputs, plan, threads, env)
             memory.phase = "load"
             out["load"] = measure_load(server, plan, inputs)
         out["server_rss_mb"] = memory.peaks
@@ -250,7 +237,56 @@ def measure_server(plan: Plan, threads: int, env: dict[str, str], workdir: Path)
         out["model_loads"] = sum("infer model " in line and " loaded on " in line for line in log.splitlines())
     finally:
         server.stop()
+    out["head_path"] = measure_head_path(studies, workdir, inputs, plan, threads, env)
     return out
+
+
+def measure_path(
+    client: Any,
+    model: Path,
+    cases: dict[str, tuple[str, Path | None, str]],
+    inputs: dict[str, Any],
+    plan: Plan,
+    threads: int,
+    env: dict[str, str],
+) -> dict[str, Any]:
+    """Each case (label: image id, uploaded file, input name) ``plan.requests`` times after 2 warm-ups, a bare forward
+    of ``model`` right after each request."""
+    out = {}
+    # the server runs with `sscase-monai serve`'s OpenMP wait policy (PASSIVE unless set): so does its twin
+    bare_env = {**env, "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY", "PASSIVE")}
+    bare = BareForward(model, {"png": inputs["png"], "nifti": inputs["nifti"]}, threads, bare_env)
+    try:
+        for label, (image_id, file, name) in cases.items():
+            for _ in range(2):
+                one_infer(client, image_id, file)
+                bare(name)
+            times, params, bare_times = [], [], []
+            for _ in range(plan.requests):
+                seconds, p = one_infer(client, image_id, file)
+                times.append(seconds)
+                params.append(p)
+                bare_times.append(bare(name))
+            out[label] = {
+                "round_trip": stats(times),
+                "bare_forward": stats(bare_times),
+                "server": stage_latencies(params),
+            }
+    finally:
+        bare.close()
+    return out
+
+
+def measure_head_path(
+    studies: Path, workdir: Path, inputs: dict[str, Any], plan: Plan, threads: int, env: dict[str, str]
+) -> dict[str, Any]:
+    """The PNG upload on a server serving the fetal-head label (the bundled HC18 head model)."""
+    server = start_server(studies, workdir / "server-head", env, conf=[("labels", HEAD_LABELS_CONF)])
+    try:
+        cases = {"PNG 800x540, uploaded, fetal-head model (256x384)": ("", inputs["png"], "png")}
+        return measure_path(slicer_client(server), HEAD_MODEL, cases, inputs, plan, threads, env)
+    finally:
+        server.stop()
 
 
 def measure_load(server: Any, plan: Plan, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -307,7 +343,7 @@ def server_rows(server: dict[str, Any]) -> list[str]:
         "overhead (ms) | server total | load / resize / median | inferer | restore | write (ms) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for label, r in server["path"].items():
+    for label, r in {**server["path"], **server.get("head_path", {})}.items():
         s = r["server"]
         rows.append(
             f"| {label} | {r['round_trip']['median_ms']:.0f} / {r['round_trip']['p95_ms']:.0f} | "
@@ -338,12 +374,14 @@ def report_lines(server: dict[str, Any], plan: dict[str, Any]) -> list[str]:
         lines += [
             "### Server path (`POST /infer/sscase`)",
             "",
-            "A real `sscase-monai serve` on 127.0.0.1 (starter model, studies = a copy of `sample-data/` + the two "
-            f"inputs), Slicer's `monailabel` client, {plan['requests']} requests per input after 2 warm-ups. PNG: "
-            f"{server['png_source']}; NIfTI: synthetic. Bare forward: the same model loaded and optimised as the app "
-            "does, on the same image preprocessed as the app does (1x3x256x256), one forward right after each request"
-            " in a separate process with the same threads, so that both see the same load; overhead = round-trip "
-            "median - bare-forward median. Stage columns: medians of what the server reports per request "
+            "A real `sscase-monai serve` on 127.0.0.1 (starter model; the last row: a second server for "
+            "`--conf labels '{\"head\": 1}'`, the bundled fetal-head model; studies = a copy of `sample-data/` + "
+            f"the two inputs), Slicer's `monailabel` client, {plan['requests']} requests per input after 2 warm-ups. "
+            f"PNG: {server['png_source']}; NIfTI: synthetic. Bare forward: the same model loaded and optimised as the "
+            "app does, on the same image preprocessed as the app does (1x3x256x256; the head model 1x3x256x384), one "
+            "forward right after each request in a separate process with the same threads, so that both see the same "
+            "load; overhead = round-trip median - bare-forward median. Stage columns: medians of what the server "
+            "reports per request "
             "(`latencies`; transforms to 0.1 ms, the others rounded by MONAI Label to 10 ms).",
             "",
             *server_rows(server),

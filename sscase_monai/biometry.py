@@ -317,8 +317,12 @@ def fit_ellipse(mask: np.ndarray, spacing: SpacingLike = 1.0, label: int | None 
     Returns:
         The fit, or ``None`` for an empty mask.
     """
-    row_mm, col_mm = normalize_spacing(spacing)
-    region = clean_mask(mask, label)
+    return _moments_fit(clean_mask(mask, label), normalize_spacing(spacing))
+
+
+def _moments_fit(region: np.ndarray, spacing: tuple[float, float]) -> EllipseFit | None:
+    """:func:`fit_ellipse` of a mask already cleaned (:func:`clean_mask`)."""
+    row_mm, col_mm = spacing
     if not region.any():
         return None
     props = measure.regionprops(region.astype(np.uint8), spacing=(row_mm, col_mm))[0]
@@ -508,14 +512,19 @@ def fit_head_ellipse(
     Raises:
         ValueError: an unknown method or boundary convention.
     """
+    return _fit_head_region(clean_mask(mask, label), normalize_spacing(spacing), method, boundary, tolerance)
+
+
+def _fit_head_region(
+    region: np.ndarray, spacing: tuple[float, float], method: str, boundary: str, tolerance: float
+) -> tuple[EllipseFit, np.ndarray, np.ndarray] | None:
+    """:func:`fit_head_ellipse` of a mask already cleaned (:func:`clean_mask`): each HC cleans its mask once."""
     if method not in HC_METHODS:
         raise ValueError(f"HC method must be one of {HC_METHODS}, got {method!r}")
-    spacing = normalize_spacing(spacing)
-    region = clean_mask(mask, label)
     if not region.any():
         return None
     points = boundary_points(region, boundary)
-    moments = fit_ellipse(region, spacing)
+    moments = _moments_fit(region, spacing)
     everything = np.ones(len(points), bool)
     if method == "moments":
         return moments, points, everything
