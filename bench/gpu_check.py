@@ -27,8 +27,9 @@ and one call carries at most 64 MiB including the repository (27 MB, 24 MB of it
 beside the repository, but its installed files packed with ``xz -9`` are 28 MB. So:
 
 1. Here, into an ignored folder such as ``bench/out/carry1``: ``pip download --no-deps --only-binary=:all:
-   --python-version 3.12 --platform manylinux2014_x86_64 SimpleITK monai==1.6.1 nibabel`` (monai 1.7 MB, nibabel
-   3.3 MB), then unzip the SimpleITK wheel and ``tar cJf`` its files (``xz -9``, 28 MB; remove the wheel).
+   --python-version 3.12 --platform manylinux2014_x86_64 SimpleITK monai==1.6.1 nibabel`` (wheels: monai
+   1.7 MB, nibabel 3.3 MB), then unzip the SimpleITK wheel and ``tar cJf`` its files (``xz -9``, 28 MB; remove
+   the wheel).
 2. Call 1 (61 MB in all) carries that folder. It unpacks SimpleITK into ``bench/out/py``, runs ``pip install
    --no-deps --target bench/out/py`` on the two wheels, then this script with ``PYTHONPATH=.:bench/out/py``. This
    script builds its networks without ImageNet weights.
